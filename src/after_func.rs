@@ -1,0 +1,165 @@
+//! [`AfterFunc`]: run a function when a context is done (Go 1.21's `context.AfterFunc`).
+
+use alloc::boxed::Box;
+use core::fmt;
+
+use crate::context::{Context, Repr};
+use crate::node::NodeRef;
+use crate::sync::{Arc, AtomicU32, AtomicU8, Mutex, Ordering};
+
+const PENDING: u8 = 0;
+const CLAIMED: u8 = 1;
+const STOPPED: u8 = 2;
+
+type Func = Box<dyn FnOnce() + Send>;
+
+/// A registered function. Exactly one of "run it" and "stop it" wins the `PENDING` state.
+pub(crate) struct Callback {
+    state: AtomicU8,
+    /// Index in the node's callback list, guarded by the node's lock.
+    pub(crate) slot: AtomicU32,
+    f: Mutex<Option<Func>>,
+}
+
+impl Callback {
+    fn new(f: Func) -> Callback {
+        Callback { state: AtomicU8::new(PENDING), slot: AtomicU32::new(0), f: Mutex::new(Some(f)) }
+    }
+
+    /// Runs the function unless `stop` got there first.
+    pub(crate) fn run(&self) {
+        if self.claim(CLAIMED) {
+            let f = self.f.lock().take();
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+
+    fn claim(&self, to: u8) -> bool {
+        // memory ordering: AcqRel so the winner sees the function stored at registration and
+        // the loser's view is ordered after the winner's decision.
+        self.state.compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// The handle of a function registered with [`Context::after_func`].
+///
+/// Dropping the handle leaves the function registered. A pending registration keeps its
+/// context alive (it is a handle too) until the function runs or is stopped.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use cancelctx::Context;
+///
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// let _handle = ctx.after_func(move || flag.store(true, Ordering::SeqCst));
+/// guard.cancel(); // runs the function on this thread before returning
+/// assert!(ran.load(Ordering::SeqCst));
+/// ```
+#[derive(Debug)]
+pub struct AfterFunc {
+    inner: Registration,
+}
+
+enum Registration {
+    /// The context can never be done; the function was dropped unrun.
+    Never { stopped: core::sync::atomic::AtomicBool },
+    /// The context was done already; the function ran inside `after_func`.
+    Ran,
+    Pending { node: NodeRef, callback: Arc<Callback> },
+}
+
+impl AfterFunc {
+    /// Prevents the function from running. Returns `true` iff this call stopped it: `false`
+    /// if it has already started (or run), or was already stopped.
+    ///
+    /// On a context that can never be done the function never runs, and the first `stop`
+    /// returns `true`, as in Go.
+    ///
+    /// ```
+    /// use cancelctx::Context;
+    /// let (ctx, guard) = Context::unclocked().with_cancel();
+    /// let handle = ctx.after_func(|| unreachable!("stopped before cancel"));
+    /// assert!(handle.stop());
+    /// assert!(!handle.stop());
+    /// guard.cancel();
+    /// ```
+    pub fn stop(&self) -> bool {
+        match &self.inner {
+            Registration::Never { stopped } => !stopped.swap(true, core::sync::atomic::Ordering::AcqRel),
+            Registration::Ran => false,
+            Registration::Pending { node, callback } => {
+                if !callback.claim(STOPPED) {
+                    return false;
+                }
+                let f = callback.f.lock().take();
+                drop(f); // release what the function captured, outside the lock
+                node.remove_callback(callback);
+                true
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Arranges for `f` to run once the context is done, on the thread that completes it
+    /// (the canceller, or the clock's timer thread for a deadline), with no lock of this crate
+    /// held. If the context is already done, `f` runs at once on this thread. If it can never
+    /// be done ([`Context::background`], [`Context::without_cancel`]), `f` is dropped unrun.
+    ///
+    /// `f` runs at most once; [`AfterFunc::stop`] prevents it. Callbacks run after the whole
+    /// cancelled subtree is marked done and its waiters are woken. A panicking `f` does not
+    /// prevent the others from running: the completion finishes, then the first panic is
+    /// resumed on the completing thread (or dropped if that thread is already unwinding).
+    /// Keep `f` short on the std clock: it runs on the shared timer thread.
+    ///
+    /// ```
+    /// use cancelctx::Context;
+    /// use std::sync::mpsc;
+    ///
+    /// let (ctx, guard) = Context::unclocked().with_cancel();
+    /// let (tx, rx) = mpsc::channel();
+    /// let _h = ctx.after_func(move || tx.send("closed the connection").unwrap());
+    /// drop(guard);
+    /// assert_eq!(rx.recv().unwrap(), "closed the connection");
+    /// ```
+    pub fn after_func(&self, f: impl FnOnce() + Send + 'static) -> AfterFunc {
+        let Some(scope) = self.scope() else {
+            return AfterFunc { inner: Registration::Never { stopped: Default::default() } };
+        };
+        // Registration needs a counted reference to the scope node.
+        let node = match &self.repr {
+            Repr::Cancel(node) => node.clone(),
+            // SAFETY: the scope is kept alive by `self` during this call.
+            _ => unsafe { NodeRef::upgrade(scope.ptr()) }.expect("the scope is alive"),
+        };
+        let callback = Arc::new(Callback::new(Box::new(f)));
+        if node.add_callback(&node, &callback) {
+            AfterFunc { inner: Registration::Pending { node, callback } }
+        } else {
+            callback.run();
+            AfterFunc { inner: Registration::Ran }
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Registration::Never { .. } => f.write_str("Never"),
+            Registration::Ran => f.write_str("Ran"),
+            Registration::Pending { callback, .. } => {
+                let state = match callback.state.load(Ordering::Acquire) {
+                    PENDING => "Pending",
+                    CLAIMED => "Claimed",
+                    _ => "Stopped",
+                };
+                f.write_str(state)
+            }
+        }
+    }
+}

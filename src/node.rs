@@ -1,0 +1,547 @@
+//! A cancellable node: its state word, waiter list, children, callbacks and timer, and the
+//! reference count that keeps it alive.
+//!
+//! Every `with_cancel`/`with_deadline` context is one heap-allocated [`CancelNode`] shared by
+//! its `Context` clones, its `CancelGuard` and its `AfterFunc` handles through [`NodeRef`], a
+//! reference-counted pointer written here rather than `Arc` for three reasons:
+//!
+//! - no weak count: the node stays at 64 bytes (see the size test at the bottom);
+//! - the release path unlinks the node from its parent *before* the memory is freed, while
+//!   the parent may still be reading the node under the parent's lock, and only ever through
+//!   shared references (an `Arc`'s `Drop` would hold `&mut` to the node meanwhile);
+//! - dropping the last handle of a long chain frees the chain in a loop, not by recursion.
+//!
+//! # How children are linked
+//!
+//! A child registers with its *scope*: the nearest cancellable ancestor (value nodes are
+//! skipped; never-done ancestors end the search, and a child of a never-done context links to
+//! nothing). The scope's `Inner::children` holds raw pointers, and each child remembers its
+//! index in `slot`. Both are only touched under the scope's lock, which gives the key
+//! invariant:
+//!
+//! > A pointer in `children` is valid while the scope's lock is held.
+//!
+//! because a child whose count drops to zero must take that same lock to remove itself
+//! ([`free_node`]) before it is freed. Removal is a `swap_remove` that fixes the moved child's
+//! `slot`: O(1), so a parent that lives forever with many short-lived children keeps
+//! constant memory.
+//!
+//! # How completion spreads
+//!
+//! [`CancelNode::complete`] wins the one `live -> done` transition of the state word, then
+//! [`finish`] walks the subtree with an explicit work list (never recursion): under each
+//! node's lock it takes the children, callbacks and timer, marks every child done
+//! (`INHERITED`), and queues those that have waiters or links of their own, holding a counted
+//! reference so they outlive the lock. Waiters are woken and timers released as nodes are
+//! visited; callbacks run last, once the whole subtree is done, with no lock held.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
+use core::ptr::NonNull;
+
+use event_listener::Event;
+
+use crate::after_func::Callback;
+use crate::context::{release_chain, Context};
+use crate::error::{Cause, Error};
+use crate::state::{self, CAUSE, INHERITED, LINKS, WAITERS};
+use crate::sync::{fence, Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::time::{ClockRef, Instant, TimerKey};
+use crate::timer::TimerWaker;
+
+/// `slot` of a node that is not in its scope's `children`.
+pub(crate) const NOT_LINKED: u32 = u32::MAX;
+
+/// Counts past this abort, like `Arc` does: they can only come from leaked handles.
+const MAX_REFS: usize = usize::MAX / 2;
+
+pub(crate) struct CancelNode {
+    /// Handles (`Context`, `CancelGuard`, `AfterFunc`, work-list entries) plus one while the
+    /// callback list is non-empty.
+    refs: AtomicUsize,
+    /// The state word; see `state.rs`.
+    pub(crate) state: AtomicU32,
+    /// Index in the scope's `children`, or `NOT_LINKED`. Guarded by the *scope's* lock; an
+    /// atomic only so that no `unsafe` is needed to share it (all accesses are `Relaxed`).
+    slot: AtomicU32,
+    /// Everything that is registered on the node, allocated on first use.
+    inner: Mutex<Option<Box<Inner>>>,
+    /// Waiters (`done()`, `wait()`), woken once on completion. Allocates on first listen.
+    pub(crate) event: Event,
+    /// The context this one was made from: values, the clock and the scope are found
+    /// through it, and it keeps them alive.
+    pub(crate) parent: Context,
+    /// Deadline data, immutable after construction; `None` for `with_cancel` nodes.
+    pub(crate) meta: Option<Box<Meta>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    children: Vec<NodePtr>,
+    callbacks: Vec<Arc<Callback>>,
+    cause: Option<Cause>,
+    timer: Option<TimerKey>,
+}
+
+/// What a deadline node knows about its deadline.
+pub(crate) struct Meta {
+    pub(crate) deadline: Instant,
+    pub(crate) clock: ClockRef,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) waker: alloc::sync::Arc<TimerWaker>,
+}
+
+/// A non-owning pointer to a node, valid only where an invariant says so (under the scope's
+/// lock for `children`, under the timer waker's lock for timers).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodePtr(NonNull<CancelNode>);
+
+// SAFETY: a `NodePtr` is only dereferenced under the locks documented above; the node itself
+// is `Sync` (atomics, a mutex, an `Event` and `Send + Sync` fields).
+unsafe impl Send for NodePtr {}
+// SAFETY: as above.
+unsafe impl Sync for NodePtr {}
+
+impl NodePtr {
+    /// # Safety
+    ///
+    /// The caller must guarantee the node is alive for `'a`: it holds a `NodeRef`, or the
+    /// lock that the node's release path must take before freeing it.
+    pub(crate) unsafe fn get<'a>(self) -> &'a CancelNode {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// A counted reference to a [`CancelNode`].
+pub(crate) struct NodeRef(NonNull<CancelNode>);
+
+// SAFETY: `NodeRef` is a shared, reference-counted pointer like `Arc<CancelNode>`, and
+// `CancelNode` is `Send + Sync`.
+unsafe impl Send for NodeRef {}
+// SAFETY: as above.
+unsafe impl Sync for NodeRef {}
+
+impl NodeRef {
+    /// Allocates `node` and returns two references to it (a context and its guard), without
+    /// a read-modify-write for the second.
+    pub(crate) fn new_pair(node: CancelNode) -> (NodeRef, NodeRef) {
+        node.refs.store(2, Ordering::Relaxed);
+        let ptr = NonNull::from(Box::leak(Box::new(node)));
+        (NodeRef(ptr), NodeRef(ptr))
+    }
+
+    pub(crate) fn ptr(&self) -> NodePtr {
+        NodePtr(self.0)
+    }
+
+    /// A new counted reference from a pointer, unless the count already reached zero (the
+    /// node is being released).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be alive for the duration of the call (see [`NodePtr::get`]).
+    pub(crate) unsafe fn upgrade(ptr: NodePtr) -> Option<NodeRef> {
+        // SAFETY: guaranteed by the caller.
+        let node = unsafe { ptr.get() };
+        let mut n = node.refs.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            if n > MAX_REFS {
+                abort_on_overflow();
+            }
+            // memory ordering: Relaxed like `Arc::clone`; the caller's lock already orders
+            // this with the release path, which re-checks nothing after reaching zero.
+            match node.refs.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(NodeRef(ptr.0)),
+                Err(actual) => n = actual,
+            }
+        }
+    }
+
+    /// Gives up this reference without releasing it; pair with [`NodeRef::from_forgotten`].
+    pub(crate) fn forget(self) {
+        let _ = ManuallyDrop::new(self);
+    }
+
+    /// Takes back a reference given up with [`NodeRef::forget`].
+    ///
+    /// # Safety
+    ///
+    /// A reference to `ptr` must have been forgotten and not yet taken back.
+    pub(crate) unsafe fn from_forgotten(ptr: NodePtr) -> NodeRef {
+        NodeRef(ptr.0)
+    }
+}
+
+impl core::ops::Deref for NodeRef {
+    type Target = CancelNode;
+
+    fn deref(&self) -> &CancelNode {
+        // SAFETY: this reference is counted, so the node is alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for NodeRef {
+    fn clone(&self) -> NodeRef {
+        // memory ordering: Relaxed, as in `Arc::clone`: a new reference can only be made from
+        // an existing one, which already keeps the node alive.
+        let old = self.refs.fetch_add(1, Ordering::Relaxed);
+        if old > MAX_REFS {
+            abort_on_overflow();
+        }
+        NodeRef(self.0)
+    }
+}
+
+impl Drop for NodeRef {
+    fn drop(&mut self) {
+        // memory ordering: Release so every use of the node through this reference happens
+        // before the free; the Acquire fence below makes the freeing thread see them all.
+        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: the count reached zero, so this was the last reference.
+        let parent = unsafe { free_node(self.ptr()) };
+        release_chain(parent);
+    }
+}
+
+impl PartialEq for NodeRef {
+    fn eq(&self, other: &NodeRef) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// Drops one reference in the middle of a chain release: returns the node's parent if this
+/// was the last reference, so the caller can continue without recursing.
+pub(crate) fn release_step(node: NodeRef) -> Option<Context> {
+    let node = ManuallyDrop::new(node);
+    if node.refs.fetch_sub(1, Ordering::Release) != 1 {
+        return None;
+    }
+    fence(Ordering::Acquire);
+    // SAFETY: the count reached zero, so this was the last reference.
+    Some(unsafe { free_node(node.ptr()) })
+}
+
+/// Unlinks a node whose count reached zero, releases its timer and frees it, returning its
+/// parent for the caller to release.
+///
+/// # Safety
+///
+/// The node's count must have reached zero (no other handle exists), and this is called
+/// once per node.
+unsafe fn free_node(ptr: NodePtr) -> Context {
+    // SAFETY: the node is alive until the `Box::from_raw` below; only shared references are
+    // formed until the scope no longer lists it.
+    let node = unsafe { ptr.get() };
+    if let Some(scope) = node.parent.scope() {
+        let mut guard = scope.inner.lock();
+        let slot = node.slot.load(Ordering::Relaxed);
+        if slot != NOT_LINKED {
+            if let Some(inner) = guard.as_mut() {
+                let slot = slot as usize;
+                inner.children.swap_remove(slot);
+                if let Some(moved) = inner.children.get(slot) {
+                    // SAFETY: listed in `children` and the scope's lock is held.
+                    unsafe { moved.get() }.slot.store(slot as u32, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    if let Some(meta) = &node.meta {
+        // The timer can no longer reach this node; then release the wake-up itself.
+        *meta.waker.node.lock() = None;
+        let timer = node.inner.lock().as_mut().and_then(|inner| inner.timer.take());
+        if let Some(key) = timer {
+            meta.clock.get().cancel(key);
+        }
+    }
+    // SAFETY: allocated by `Box` in `new_pair`, unreachable from the scope and from the
+    // timer now, and this is the last reference.
+    let boxed = unsafe { Box::from_raw(ptr.0.as_ptr()) };
+    let CancelNode { parent, .. } = *boxed;
+    parent
+}
+
+#[cold]
+fn abort_on_overflow() -> ! {
+    // A panic while panicking aborts, which works without `std`.
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            panic!("cancelctx: reference count overflow");
+        }
+    }
+    let _abort = Abort;
+    panic!("cancelctx: reference count overflow");
+}
+
+impl CancelNode {
+    pub(crate) fn new(parent: Context, meta: Option<Box<Meta>>) -> CancelNode {
+        CancelNode {
+            refs: AtomicUsize::new(0),
+            state: AtomicU32::new(state::LIVE),
+            slot: AtomicU32::new(NOT_LINKED),
+            inner: Mutex::new(None),
+            event: Event::new(),
+            parent,
+            meta,
+        }
+    }
+
+    pub(crate) fn ptr(&self) -> NodePtr {
+        NodePtr(NonNull::from(self))
+    }
+
+    /// The error, with one atomic load.
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        // memory ordering: Acquire pairs with the Release of the completing compare-exchange,
+        // so whoever sees the error also sees what the canceller did before cancelling (and
+        // the stored cause).
+        state::error_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// Locks the node for registering a child, callback or timer. Returns `None` if the node
+    /// is done (nothing may be registered then); otherwise LINKS is set, so the completer will
+    /// take this lock and see what is registered.
+    fn lock_links(&self) -> Result<MutexGuard<'_, Option<Box<Inner>>>, u32> {
+        let guard = self.inner.lock();
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if state::is_done(s) {
+                return Err(s);
+            }
+            if s & LINKS != 0 {
+                return Ok(guard);
+            }
+            // memory ordering: AcqRel/Acquire keeps this RMW in the total order of the state
+            // word with the completing compare-exchange; the lock orders the data.
+            match self.state.compare_exchange_weak(s, s | LINKS, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(guard),
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// Links a new child into this scope, or marks it done at birth if this scope is done.
+    ///
+    /// `child` is not shared with any other thread yet.
+    pub(crate) fn attach(&self, child: &NodeRef) {
+        match self.lock_links() {
+            Ok(mut guard) => {
+                let inner = guard.get_or_insert_with(Box::default);
+                let slot = u32::try_from(inner.children.len())
+                    .ok()
+                    .filter(|&slot| slot != NOT_LINKED)
+                    .expect("cancelctx: more than 4 billion live children of one context");
+                child.slot.store(slot, Ordering::Relaxed);
+                inner.children.push(child.ptr());
+            }
+            Err(s) => {
+                // Born done: the parent's error, and its cause through INHERITED.
+                child.state.store((s & state::STATUS) | INHERITED, Ordering::Release);
+            }
+        }
+    }
+
+    /// Registers a callback; returns `false` (and registers nothing) if the node is done.
+    /// `me` is a reference to this node, forgotten into the list's keep-alive count when the
+    /// list becomes non-empty.
+    pub(crate) fn add_callback(&self, me: &NodeRef, callback: &Arc<Callback>) -> bool {
+        let Ok(mut guard) = self.lock_links() else { return false };
+        let inner = guard.get_or_insert_with(Box::default);
+        if inner.callbacks.is_empty() {
+            me.clone().forget();
+        }
+        callback.slot.store(inner.callbacks.len() as u32, Ordering::Relaxed);
+        inner.callbacks.push(callback.clone());
+        true
+    }
+
+    /// Removes a stopped callback from the list if the node is still live.
+    pub(crate) fn remove_callback(&self, callback: &Arc<Callback>) {
+        let mut emptied = false;
+        {
+            let mut guard = self.inner.lock();
+            // If the node is done, the completer has taken (or will take) the list; it skips
+            // stopped callbacks. Otherwise the list is intact and `slot` is current.
+            if !state::is_done(self.state.load(Ordering::Acquire)) {
+                if let Some(inner) = guard.as_mut() {
+                    let slot = callback.slot.load(Ordering::Relaxed) as usize;
+                    if inner.callbacks.get(slot).is_some_and(|c| Arc::ptr_eq(c, callback)) {
+                        inner.callbacks.swap_remove(slot);
+                        if let Some(moved) = inner.callbacks.get(slot) {
+                            moved.slot.store(slot as u32, Ordering::Relaxed);
+                        }
+                        emptied = inner.callbacks.is_empty();
+                    }
+                }
+            }
+        }
+        if emptied {
+            // SAFETY: the list was non-empty, so it held a forgotten reference.
+            drop(unsafe { NodeRef::from_forgotten(self.ptr()) });
+        }
+    }
+
+    /// Stores a timer key, or returns it if the node is already done (the caller cancels it).
+    pub(crate) fn set_timer(&self, key: TimerKey) -> Result<Option<TimerKey>, TimerKey> {
+        match self.lock_links() {
+            Ok(mut guard) => Ok(guard.get_or_insert_with(Box::default).timer.replace(key)),
+            Err(_) => Err(key),
+        }
+    }
+
+    /// The explicit cause stored by the completer (valid once CAUSE is seen with Acquire).
+    fn stored_cause(&self) -> Option<Cause> {
+        self.inner.lock().as_ref().and_then(|inner| inner.cause.clone())
+    }
+
+    /// The cause: explicit, inherited from the scope that completed this node, or the error.
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        let mut node = self;
+        loop {
+            let s = node.state.load(Ordering::Acquire);
+            let err = state::error_of(s)?;
+            if s & INHERITED != 0 {
+                // The scope completed this node after completing itself, so it is done too.
+                node = node.parent.scope().expect("an inherited completion has a scope");
+                continue;
+            }
+            if s & CAUSE != 0 {
+                return node.stored_cause();
+            }
+            return Some(alloc::sync::Arc::new(err));
+        }
+    }
+
+    /// Tries the one `live -> done` transition, adding `bits` (status and flags).
+    /// Returns the previous state if this call won.
+    #[inline]
+    fn transition(&self, bits: u32) -> Option<u32> {
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            if state::is_done(s) {
+                return None;
+            }
+            // memory ordering: Release publishes the cause and everything the canceller did
+            // before; Acquire makes the registrations behind WAITERS/LINKS visible.
+            match self.state.compare_exchange_weak(s, s | bits, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(s),
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// Completes this node with `err` (and an explicit cause), then its whole subtree.
+    /// Returns `false` if it was already done: the first completion wins.
+    pub(crate) fn complete(&self, err: Error, cause: Option<Cause>) -> bool {
+        let status = state::status_of(err);
+        let old = match cause {
+            None => self.transition(status),
+            Some(cause) => {
+                // The cause is written before the transition that publishes it, under the
+                // lock so that two explicit causes cannot overwrite each other.
+                let mut guard = self.inner.lock();
+                if state::is_done(self.state.load(Ordering::Relaxed)) {
+                    drop(guard);
+                    return false;
+                }
+                guard.get_or_insert_with(Box::default).cause = Some(cause);
+                let old = self.transition(status | CAUSE);
+                if old.is_none() {
+                    // Lost to a lock-free completer: the cause was never published.
+                    let unpublished = guard.as_mut().and_then(|inner| inner.cause.take());
+                    drop(guard);
+                    drop(unpublished);
+                }
+                old
+            }
+        };
+        match old {
+            Some(old) => {
+                finish(self, status, old);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Wakes, unlinks and notifies everything below a node that this thread just completed
+/// (`old` is its state before), then runs the collected callbacks.
+fn finish(first: &CancelNode, status: u32, old: u32) {
+    let mut callbacks: Vec<Arc<Callback>> = Vec::new();
+    let mut work: Vec<(NodeRef, u32)> = Vec::new();
+    visit(first, status, old, &mut work, &mut callbacks);
+    while let Some((node, old)) = work.pop() {
+        visit(&node, status, old, &mut work, &mut callbacks);
+        // Dropping `node` here may release it (it was only kept for this visit); that takes
+        // its scope's lock, and no lock is held now.
+    }
+    crate::panic::for_each_isolated(callbacks, |callback| callback.run());
+}
+
+fn visit(
+    node: &CancelNode,
+    status: u32,
+    old: u32,
+    work: &mut Vec<(NodeRef, u32)>,
+    callbacks: &mut Vec<Arc<Callback>>,
+) {
+    if old & WAITERS != 0 {
+        node.event.notify(usize::MAX);
+    }
+    if old & LINKS == 0 {
+        return;
+    }
+    let taken = node.inner.lock().as_mut().map(|inner| {
+        let children = core::mem::take(&mut inner.children);
+        for &child_ptr in &children {
+            // SAFETY: listed in `children` and this node's lock is held.
+            let child = unsafe { child_ptr.get() };
+            child.slot.store(NOT_LINKED, Ordering::Relaxed);
+            if let Some(child_old) = child.transition(status | INHERITED) {
+                if child_old & (WAITERS | LINKS) != 0 {
+                    // SAFETY: still under this node's lock.
+                    if let Some(child) = unsafe { NodeRef::upgrade(child_ptr) } {
+                        work.push((child, child_old));
+                    }
+                    // Otherwise the child is being released: it has no waiters or
+                    // callbacks (they hold references) and releases its own timer.
+                }
+            }
+        }
+        (core::mem::take(&mut inner.callbacks), inner.timer.take())
+    });
+    let Some((node_callbacks, timer)) = taken else { return };
+    if let (Some(key), Some(meta)) = (timer, &node.meta) {
+        meta.clock.get().cancel(key);
+    }
+    if !node_callbacks.is_empty() {
+        callbacks.extend(node_callbacks);
+        // SAFETY: the list was non-empty, so it held a forgotten reference. The caller holds
+        // another, so this does not free `node`.
+        drop(unsafe { NodeRef::from_forgotten(node.ptr()) });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_only_node_is_64_bytes() {
+        // Beyond the allocator's header, a `with_cancel` child costs exactly this much (plus
+        // one pointer in its parent's `children`).
+        assert!(core::mem::size_of::<CancelNode>() <= 64, "{}", core::mem::size_of::<CancelNode>());
+    }
+}

@@ -1,0 +1,77 @@
+//! [`AsyncIoClock`]: deadlines on `async-io`'s timers (smol, async-std).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Waker};
+
+use super::{Clock, Instant, StdClock, TimerKey};
+
+/// A clock on `async-io` timers, the reactor behind smol and async-std. Its instants are the
+/// std clock's ([`StdClock`]).
+///
+/// Each deadline registers one `async_io::Timer` with the reactor, which wakes the context
+/// directly when it fires; cancelling a deadline deregisters it. The reactor is driven by
+/// whichever thread runs `async_io::block_on` (smol and async-std do), or by async-io's own
+/// fallback thread.
+///
+/// ```
+/// use cancelctx::{AsyncIoClock, Context, Error};
+/// use std::time::Duration;
+///
+/// let root = Context::with_clock(AsyncIoClock::new());
+/// let (ctx, _guard) = root.with_timeout(Duration::from_millis(10));
+/// assert_eq!(smol::block_on(ctx.done()), Error::DeadlineExceeded);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AsyncIoClock {
+    timers: Arc<Mutex<Timers>>,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    next_id: u64,
+    armed: HashMap<u64, async_io::Timer>,
+}
+
+impl AsyncIoClock {
+    /// A clock on the process's `async-io` reactor.
+    ///
+    /// ```
+    /// let clock = cancelctx::AsyncIoClock::new();
+    /// # let _ = clock;
+    /// ```
+    #[must_use]
+    pub fn new() -> AsyncIoClock {
+        AsyncIoClock::default()
+    }
+}
+
+impl Clock for AsyncIoClock {
+    fn now(&self) -> Instant {
+        StdClock.now()
+    }
+
+    fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
+        let mut timer = async_io::Timer::at(StdClock::to_std(deadline));
+        // Polling once registers the timer with the reactor, which keeps `waker` and calls it
+        // at the deadline; nothing needs to poll it again.
+        let ready = Pin::new(&mut timer).poll(&mut TaskContext::from_waker(&waker)).is_ready();
+        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
+        timers.next_id += 1;
+        let key = TimerKey::new(deadline, timers.next_id);
+        if ready {
+            drop(timers);
+            waker.wake();
+        } else {
+            timers.armed.insert(key.id(), timer);
+        }
+        key
+    }
+
+    fn cancel(&self, key: TimerKey) {
+        let timer = self.timers.lock().unwrap_or_else(|e| e.into_inner()).armed.remove(&key.id());
+        drop(timer); // deregisters from the reactor, outside the lock
+    }
+}

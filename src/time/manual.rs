@@ -1,0 +1,171 @@
+//! [`ManualClock`]: time that moves only when a test says so.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+use core::task::Waker;
+use core::time::Duration;
+
+use super::{Clock, Instant, TimerKey};
+use crate::sync::{Arc, Mutex};
+
+/// A clock that stands still until [`advance`](ManualClock::advance) or
+/// [`set`](ManualClock::set) moves it: deterministic deadlines for tests and simulations.
+///
+/// Clones share one clock. Moving the clock fires every deadline that is due at the new time
+/// before the call returns — contexts are done, their `after_func` callbacks have run and
+/// their waiters are woken (an async waiter still needs its executor to poll it) — so tests
+/// need no sleeps. Timers fire in deadline order, on the thread that moved the clock.
+///
+/// # Examples
+///
+/// ```
+/// use cancelctx::{Context, Error, ManualClock};
+/// use core::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let root = Context::with_clock(clock.clone());
+/// let (ctx, _guard) = root.with_timeout(Duration::from_secs(30));
+///
+/// clock.advance(Duration::from_secs(29));
+/// assert_eq!(ctx.err(), None);
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+/// ```
+#[derive(Clone, Default)]
+pub struct ManualClock {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    now: Instant,
+    next_id: u64,
+    timers: BTreeMap<TimerKey, Waker>,
+}
+
+impl ManualClock {
+    /// A clock at [`Instant::ZERO`] with no timers.
+    ///
+    /// ```
+    /// let clock = cancelctx::ManualClock::new();
+    /// assert_eq!(clock.now(), cancelctx::Instant::ZERO);
+    /// ```
+    #[must_use]
+    pub fn new() -> ManualClock {
+        ManualClock::default()
+    }
+
+    /// The current time.
+    ///
+    /// ```
+    /// let clock = cancelctx::ManualClock::new();
+    /// clock.advance(core::time::Duration::from_nanos(3));
+    /// assert_eq!(clock.now().as_nanos(), 3);
+    /// ```
+    #[must_use]
+    pub fn now(&self) -> Instant {
+        self.inner.lock().now
+    }
+
+    /// Moves the clock forward by `d` (saturating at [`Instant::MAX`]) and fires every timer
+    /// due at the new time before returning.
+    ///
+    /// ```
+    /// use cancelctx::{Context, ManualClock};
+    /// use core::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let (ctx, _g) = Context::with_clock(clock.clone()).with_timeout(Duration::from_millis(1));
+    /// clock.advance(Duration::from_millis(1));
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn advance(&self, d: Duration) {
+        let state = self.inner.lock();
+        let to = state.now.saturating_add(d);
+        self.fire_until(state, to);
+    }
+
+    /// Sets the clock to `to` and fires every timer due then. Time never goes backwards: an
+    /// earlier `to` leaves the clock where it is (and still fires what is due).
+    ///
+    /// ```
+    /// use cancelctx::{Context, Instant, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let (ctx, _g) = Context::with_clock(clock.clone()).with_deadline(Instant::from_nanos(50));
+    /// clock.set(Instant::from_nanos(50));
+    /// assert!(ctx.is_done());
+    /// clock.set(Instant::ZERO); // ignored: clocks are monotonic
+    /// assert_eq!(clock.now(), Instant::from_nanos(50));
+    /// ```
+    pub fn set(&self, to: Instant) {
+        let state = self.inner.lock();
+        self.fire_until(state, to);
+    }
+
+    /// How many wake-ups are scheduled and not yet fired or cancelled: the timers of live
+    /// contexts with deadlines. Useful to check that timers are released.
+    ///
+    /// ```
+    /// use cancelctx::{Context, ManualClock};
+    /// use core::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let (_ctx, guard) = Context::with_clock(clock.clone()).with_timeout(Duration::from_secs(1));
+    /// assert_eq!(clock.pending_timers(), 1);
+    /// guard.cancel();
+    /// assert_eq!(clock.pending_timers(), 0);
+    /// ```
+    #[must_use]
+    pub fn pending_timers(&self) -> usize {
+        self.inner.lock().timers.len()
+    }
+
+    fn fire_until(&self, mut state: crate::sync::MutexGuard<'_, State>, to: Instant) {
+        if to > state.now {
+            state.now = to;
+        }
+        let now = state.now;
+        let later = state.timers.split_off(&TimerKey::new(now, u64::MAX));
+        let due = core::mem::replace(&mut state.timers, later);
+        drop(state);
+        // Wake with no lock held: waking completes contexts and runs their callbacks, which
+        // may schedule or cancel timers on this same clock.
+        let due: Vec<Waker> = due.into_values().collect();
+        for waker in due {
+            waker.wake();
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        ManualClock::now(self)
+    }
+
+    fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
+        let mut state = self.inner.lock();
+        state.next_id += 1;
+        let key = TimerKey::new(deadline, state.next_id);
+        if deadline <= state.now {
+            drop(state);
+            waker.wake();
+        } else {
+            state.timers.insert(key, waker);
+        }
+        key
+    }
+
+    fn cancel(&self, key: TimerKey) {
+        let removed = self.inner.lock().timers.remove(&key);
+        drop(removed); // drop the waker outside the lock
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.lock();
+        f.debug_struct("ManualClock")
+            .field("now", &state.now)
+            .field("pending_timers", &state.timers.len())
+            .finish()
+    }
+}

@@ -1,0 +1,140 @@
+//! [`StdClock`]: the clock of [`Context::background`](crate::Context::background).
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::task::Waker;
+
+use super::{Clock, Instant, TimerKey};
+
+/// Real time (`std::time::Instant`) with timers on one lazily started thread per process.
+///
+/// - No thread exists until the first deadline is scheduled; then a single thread named
+///   `cancelctx-timer` serves every deadline of every tree on this clock. It does not keep
+///   the process alive (Rust never waits for spawned threads at exit).
+/// - Timers are kept in a `BTreeMap` ordered by deadline: cancelling one removes it, so the
+///   thread holds memory only for live deadlines.
+/// - Deadlines fire within about a millisecond (the OS's condition-variable latency).
+/// - `after_func` callbacks of contexts completed by a deadline run on that thread: a slow
+///   callback delays later timers, so hand heavy work to another thread. A panicking waker or
+///   callback is caught there (the panic hook prints it) and the thread goes on.
+///
+/// Instants count from the first time the process read this clock.
+///
+/// ```
+/// use cancelctx::{Clock, StdClock};
+/// let t = StdClock.now();
+/// let std_t = StdClock::to_std(t);
+/// assert_eq!(StdClock::from_std(std_t), t);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdClock;
+
+struct Shared {
+    timers: Mutex<Timers>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Timers {
+    next_id: u64,
+    map: BTreeMap<TimerKey, Waker>,
+    thread_started: bool,
+}
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared { timers: Mutex::new(Timers::default()), changed: Condvar::new() })
+}
+
+impl StdClock {
+    /// The `std::time::Instant` of an [`Instant`] on this clock.
+    ///
+    /// ```
+    /// use cancelctx::{Instant, StdClock};
+    /// assert!(StdClock::to_std(Instant::ZERO) <= std::time::Instant::now());
+    /// ```
+    #[must_use]
+    pub fn to_std(instant: Instant) -> std::time::Instant {
+        let since = core::time::Duration::from_nanos(instant.as_nanos());
+        epoch().checked_add(since).unwrap_or_else(|| epoch() + core::time::Duration::from_secs(u32::MAX.into()))
+    }
+
+    /// The [`Instant`] on this clock of a `std::time::Instant` (clamped to the clock's range).
+    ///
+    /// ```
+    /// use cancelctx::{Clock, StdClock};
+    /// let now = std::time::Instant::now();
+    /// assert!(StdClock::from_std(now) <= StdClock.now());
+    /// ```
+    #[must_use]
+    pub fn from_std(instant: std::time::Instant) -> Instant {
+        let nanos = instant.saturating_duration_since(epoch()).as_nanos();
+        Instant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+impl Clock for StdClock {
+    fn now(&self) -> Instant {
+        StdClock::from_std(std::time::Instant::now())
+    }
+
+    fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
+        let shared = shared();
+        let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
+        timers.next_id += 1;
+        let key = TimerKey::new(deadline, timers.next_id);
+        let is_first = timers.map.keys().next().is_none_or(|first| key < *first);
+        timers.map.insert(key, waker);
+        if !timers.thread_started {
+            timers.thread_started = true;
+            std::thread::Builder::new()
+                .name("cancelctx-timer".into())
+                .spawn(move || run(shared))
+                .expect("cancelctx: failed to spawn the timer thread");
+        } else if is_first {
+            shared.changed.notify_one();
+        }
+        key
+    }
+
+    fn cancel(&self, key: TimerKey) {
+        let removed = {
+            let mut timers = shared().timers.lock().unwrap_or_else(|e| e.into_inner());
+            let removed = timers.map.remove(&key);
+            if timers.map.is_empty() {
+                // Give back the tree's memory after a burst of timers.
+                timers.map = BTreeMap::new();
+            }
+            removed
+        };
+        drop(removed); // the waker is dropped outside the lock
+    }
+}
+
+/// The timer thread: sleep until the earliest deadline, wake everything due, repeat.
+fn run(shared: &'static Shared) {
+    let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let now = StdClock.now();
+        let later = timers.map.split_off(&TimerKey::new(now, u64::MAX));
+        let due = core::mem::replace(&mut timers.map, later);
+        if !due.is_empty() {
+            drop(timers);
+            crate::panic::for_each_isolated(due.into_values(), Waker::wake);
+            timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        timers = match timers.map.keys().next() {
+            None => shared.changed.wait(timers).unwrap_or_else(|e| e.into_inner()),
+            Some(first) => {
+                let wait = first.deadline().saturating_duration_since(now);
+                shared.changed.wait_timeout(timers, wait).unwrap_or_else(|e| e.into_inner()).0
+            }
+        };
+    }
+}

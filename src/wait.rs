@@ -1,0 +1,325 @@
+//! Waiting for a context: the [`Done`] and [`DoneOwned`] futures, [`Run`], and (with `std`)
+//! blocking waits.
+
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+
+use event_listener::EventListener;
+use futures_core::future::FusedFuture;
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::node::CancelNode;
+use crate::state::{self, WAITERS};
+use crate::sync::Ordering;
+
+/// Registers `listener` on `node` (once) and reports the error when the node is done.
+///
+/// The protocol: listen, then `fetch_or(WAITERS)`. That read-modify-write is ordered with
+/// the completing compare-exchange on the same word: if it comes first, the completer sees
+/// WAITERS and notifies our (already inserted) listener; if it comes second, it returns the
+/// done state and we resolve at once. No wake-up can be lost in between.
+fn poll_node(
+    node: &CancelNode,
+    listener: &mut Option<EventListener>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Error> {
+    loop {
+        if let Some(err) = node.err() {
+            *listener = None;
+            return Poll::Ready(err);
+        }
+        match listener {
+            None => {
+                *listener = Some(node.event.listen());
+                // memory ordering: AcqRel; see above. Release makes the listener's insertion
+                // visible to the completer that acquires this value.
+                let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+                if let Some(err) = state::error_of(old) {
+                    *listener = None;
+                    return Poll::Ready(err);
+                }
+            }
+            Some(l) => match Pin::new(l).poll(cx) {
+                // Notified: the state is done now; loop to read it.
+                Poll::Ready(()) => *listener = None,
+                Poll::Pending => return Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Future returned by [`Context::done`]: resolves to the context's [`Error`] once it is done.
+///
+/// On a context that can never be done it stays pending forever, at no cost: nothing is
+/// registered or allocated. Otherwise the first poll that finds the context live allocates
+/// one listener. Dropping the future unregisters it.
+///
+/// ```
+/// use cancelctx::{Context, Error};
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// std::thread::spawn(move || guard.cancel());
+/// assert_eq!(futures::executor::block_on(ctx.done()), Error::Canceled);
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Done<'a> {
+    ctx: &'a Context,
+    listener: Option<EventListener>,
+    finished: bool,
+}
+
+impl Future for Done<'_> {
+    type Output = Error;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        let this = &mut *self;
+        let Some(node) = this.ctx.scope() else { return Poll::Pending };
+        let result = poll_node(node, &mut this.listener, cx);
+        this.finished = result.is_ready();
+        result
+    }
+}
+
+impl FusedFuture for Done<'_> {
+    fn is_terminated(&self) -> bool {
+        self.finished
+    }
+}
+
+impl fmt::Debug for Done<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Done").field("err", &self.ctx.err()).finish_non_exhaustive()
+    }
+}
+
+/// The `'static` form of [`Done`], returned by [`Context::done_owned`]: it holds a clone of
+/// the context, so it can be stored in structs or moved into spawned tasks.
+///
+/// ```
+/// use cancelctx::{Context, Error};
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// let done = ctx.done_owned();
+/// let task = std::thread::spawn(move || futures::executor::block_on(done));
+/// guard.cancel();
+/// assert_eq!(task.join().unwrap(), Error::Canceled);
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct DoneOwned {
+    ctx: Context,
+    listener: Option<EventListener>,
+    finished: bool,
+}
+
+impl Future for DoneOwned {
+    type Output = Error;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        let this = &mut *self;
+        let Some(node) = this.ctx.scope() else { return Poll::Pending };
+        let result = poll_node(node, &mut this.listener, cx);
+        this.finished = result.is_ready();
+        result
+    }
+}
+
+impl FusedFuture for DoneOwned {
+    fn is_terminated(&self) -> bool {
+        self.finished
+    }
+}
+
+impl fmt::Debug for DoneOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoneOwned").field("err", &self.ctx.err()).finish_non_exhaustive()
+    }
+}
+
+/// Future returned by [`Context::run`]: the inner future's output, or the context's error as
+/// soon as the context is done (the inner future is dropped then).
+///
+/// If the context is done when polled, `Err` wins even if the inner future would be ready.
+///
+/// ```
+/// use cancelctx::{Context, Error};
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// assert_eq!(futures::executor::block_on(ctx.run(async { 5 })), Ok(5));
+/// guard.cancel();
+/// assert_eq!(futures::executor::block_on(ctx.run(async { 5 })), Err(Error::Canceled));
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Run<'a, F> {
+    done: Done<'a>,
+    future: Option<F>,
+}
+
+impl<F: Future> Future for Run<'_, F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // SAFETY: `future` is structurally pinned: it is never moved out of `self`, and it is
+        // only dropped in place through `Pin::set`. `done` is `Unpin` and not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: see above.
+        let mut future = unsafe { Pin::new_unchecked(&mut this.future) };
+        if let Some(err) = this.done.ctx.err() {
+            future.set(None);
+            return Poll::Ready(Err(err));
+        }
+        let Some(inner) = future.as_mut().as_pin_mut() else {
+            panic!("`Run` polled after completion");
+        };
+        if let Poll::Ready(output) = inner.poll(cx) {
+            future.set(None);
+            return Poll::Ready(Ok(output));
+        }
+        match Pin::new(&mut this.done).poll(cx) {
+            Poll::Ready(err) => {
+                future.set(None);
+                Poll::Ready(Err(err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F: Future> FusedFuture for Run<'_, F> {
+    fn is_terminated(&self) -> bool {
+        self.future.is_none()
+    }
+}
+
+impl<F> fmt::Debug for Run<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Run")
+            .field("err", &self.done.ctx.err())
+            .field("finished", &self.future.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A future that resolves to the context's [`Error`] once it is done; usable in any
+    /// executor and in `select!` (it is a `FusedFuture`).
+    ///
+    /// ```
+    /// use cancelctx::{Context, Error};
+    /// let (ctx, guard) = Context::unclocked().with_cancel();
+    /// drop(guard);
+    /// assert_eq!(pollster::block_on(ctx.done()), Error::Canceled);
+    /// ```
+    pub fn done(&self) -> Done<'_> {
+        Done { ctx: self, listener: None, finished: false }
+    }
+
+    /// The `'static` form of [`done`](Context::done); see [`DoneOwned`].
+    ///
+    /// ```
+    /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
+    /// let done: cancelctx::DoneOwned = ctx.done_owned();
+    /// guard.cancel();
+    /// assert!(pollster::block_on(done) == cancelctx::Error::Canceled);
+    /// ```
+    pub fn done_owned(&self) -> DoneOwned {
+        DoneOwned { ctx: self.clone(), listener: None, finished: false }
+    }
+
+    /// Runs `future` until it completes or the context is done, whichever is first; see
+    /// [`Run`].
+    ///
+    /// ```
+    /// use cancelctx::{Context, Error};
+    /// let (ctx, guard) = Context::unclocked().with_cancel();
+    /// guard.cancel();
+    /// let never = std::future::pending::<()>();
+    /// assert_eq!(pollster::block_on(ctx.run(never)), Err(Error::Canceled));
+    /// ```
+    pub fn run<F: Future>(&self, future: F) -> Run<'_, F> {
+        Run { done: self.done(), future: Some(future) }
+    }
+}
+
+#[cfg(feature = "std")]
+mod blocking {
+    use core::time::Duration;
+    use event_listener::Listener;
+
+    use super::*;
+
+    impl Context {
+        /// Blocks the thread until the context is done and returns its error.
+        ///
+        /// On a context that can never be done this blocks forever, like receiving from Go's
+        /// `Background().Done()`.
+        ///
+        /// ```
+        /// use cancelctx::{Context, Error};
+        /// let (ctx, guard) = Context::unclocked().with_cancel();
+        /// let worker = std::thread::spawn(move || ctx.wait());
+        /// guard.cancel();
+        /// assert_eq!(worker.join().unwrap(), Error::Canceled);
+        /// ```
+        pub fn wait(&self) -> Error {
+            match self.wait_until(None) {
+                Some(err) => err,
+                None => unreachable!("an unbounded wait returns only when done"),
+            }
+        }
+
+        /// Blocks until the context is done or `timeout` of wall-clock time has passed;
+        /// returns the error, or `None` on timeout. `Duration::ZERO` only checks; a timeout
+        /// too large to represent waits without limit.
+        ///
+        /// The timeout is real time on this thread, not the tree's clock.
+        ///
+        /// ```
+        /// use core::time::Duration;
+        /// let (ctx, _guard) = cancelctx::Context::unclocked().with_cancel();
+        /// assert_eq!(ctx.wait_timeout(Duration::from_millis(1)), None);
+        /// ```
+        pub fn wait_timeout(&self, timeout: Duration) -> Option<Error> {
+            if timeout.is_zero() {
+                return self.err();
+            }
+            self.wait_until(std::time::Instant::now().checked_add(timeout))
+        }
+
+        fn wait_until(&self, deadline: Option<std::time::Instant>) -> Option<Error> {
+            let Some(node) = self.scope() else {
+                // Never done: sleep out the timeout (or forever).
+                loop {
+                    match deadline {
+                        None => std::thread::park(),
+                        Some(deadline) => {
+                            let now = std::time::Instant::now();
+                            if now >= deadline {
+                                return None;
+                            }
+                            std::thread::park_timeout(deadline - now);
+                        }
+                    }
+                }
+            };
+            loop {
+                if let Some(err) = node.err() {
+                    return Some(err);
+                }
+                let listener = node.event.listen();
+                // memory ordering: as in `poll_node`.
+                let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+                if let Some(err) = state::error_of(old) {
+                    return Some(err);
+                }
+                match deadline {
+                    None => listener.wait(),
+                    Some(deadline) => {
+                        if listener.wait_deadline(deadline).is_none() {
+                            return node.err();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
