@@ -67,10 +67,15 @@ pub struct AfterFunc {
 
 enum Registration {
     /// The context can never be done; the function was dropped unrun.
-    Never { stopped: core::sync::atomic::AtomicBool },
+    Never {
+        stopped: core::sync::atomic::AtomicBool,
+    },
     /// The context was done already; the function ran inside `after_func`.
     Ran,
-    Pending { node: NodeRef, callback: Arc<Callback> },
+    Pending {
+        node: NodeRef,
+        callback: Arc<Callback>,
+    },
 }
 
 impl AfterFunc {
@@ -90,7 +95,9 @@ impl AfterFunc {
     /// ```
     pub fn stop(&self) -> bool {
         match &self.inner {
-            Registration::Never { stopped } => !stopped.swap(true, core::sync::atomic::Ordering::AcqRel),
+            Registration::Never { stopped } => {
+                !stopped.swap(true, core::sync::atomic::Ordering::AcqRel)
+            }
             Registration::Ran => false,
             Registration::Pending { node, callback } => {
                 if !callback.claim(STOPPED) {

@@ -550,7 +550,10 @@ impl Context {
     /// use cancelctx::{Context, Instant};
     /// assert!(Context::unclocked().try_with_deadline(Instant::MAX).is_err());
     /// ```
-    pub fn try_with_deadline(&self, deadline: Instant) -> Result<(Context, CancelGuard), NoClockError> {
+    pub fn try_with_deadline(
+        &self,
+        deadline: Instant,
+    ) -> Result<(Context, CancelGuard), NoClockError> {
         self.deadline_child(deadline, None)
     }
 
@@ -563,7 +566,10 @@ impl Context {
     /// let (ctx, _guard) = root.try_with_timeout(Duration::from_secs(1)).unwrap();
     /// assert!(ctx.deadline().is_some());
     /// ```
-    pub fn try_with_timeout(&self, timeout: Duration) -> Result<(Context, CancelGuard), NoClockError> {
+    pub fn try_with_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Context, CancelGuard), NoClockError> {
         let clock = self.clock_ref().ok_or(NoClockError)?;
         let deadline = clock.get().now().saturating_add(timeout);
         self.deadline_child(deadline, None)

@@ -87,7 +87,9 @@ pub struct NoClockError;
 
 impl fmt::Display for NoClockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("this context tree has no clock: root it with Context::with_clock to use deadlines")
+        f.write_str(
+            "this context tree has no clock: root it with Context::with_clock to use deadlines",
+        )
     }
 }
 

@@ -142,11 +142,16 @@ mod wait;
 pub use after_func::AfterFunc;
 pub use context::{CancelGuard, Context};
 pub use error::{Cause, Error, NoClockError};
-pub use time::{Clock, Instant, ManualClock, TimerKey};
+#[cfg(feature = "async-io")]
+pub use time::AsyncIoClock;
 #[cfg(feature = "std")]
 pub use time::StdClock;
 #[cfg(feature = "tokio")]
 pub use time::TokioClock;
-#[cfg(feature = "async-io")]
-pub use time::AsyncIoClock;
+pub use time::{Clock, Instant, ManualClock, TimerKey};
 pub use wait::{Done, DoneOwned, Run};
+
+/// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

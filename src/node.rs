@@ -324,7 +324,12 @@ impl CancelNode {
             }
             // memory ordering: AcqRel/Acquire keeps this RMW in the total order of the state
             // word with the completing compare-exchange; the lock orders the data.
-            match self.state.compare_exchange_weak(s, s | LINKS, Ordering::AcqRel, Ordering::Acquire) {
+            match self.state.compare_exchange_weak(
+                s,
+                s | LINKS,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(guard),
                 Err(actual) => s = actual,
             }
@@ -434,7 +439,8 @@ impl CancelNode {
             }
             // memory ordering: Release publishes the cause and everything the canceller did
             // before; Acquire makes the registrations behind WAITERS/LINKS visible.
-            match self.state.compare_exchange_weak(s, s | bits, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.state.compare_exchange_weak(s, s | bits, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return Some(s),
                 Err(actual) => s = actual,
             }

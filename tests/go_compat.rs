@@ -118,10 +118,7 @@ struct TestErr {
 impl TestErr {
     fn new(name: &'static str) -> TestErr {
         static NEXT: AtomicUsize = AtomicUsize::new(1);
-        TestErr {
-            name,
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-        }
+        TestErr { name, id: NEXT.fetch_add(1, Ordering::Relaxed) }
     }
 }
 
@@ -193,10 +190,7 @@ fn assert_finished(ctx: &Context, want: Error, what: &str) {
     assert_eq!(ctx.err(), Some(want), "{what}: err()");
     assert_eq!(ctx.check(), Err(want), "{what}: check()");
     assert_eq!(ctx.done().now_or_never(), Some(want), "{what}: done()");
-    assert!(
-        ctx.cause().is_some(),
-        "{what}: cause() = None on a done context"
-    );
+    assert!(ctx.cause().is_some(), "{what}: cause() = None on a done context");
 }
 
 /// A root on a fresh `ManualClock`, set well past `Instant::ZERO` so that deadlines in the
@@ -225,11 +219,7 @@ fn assert_times_out_at(clock: &ManualClock, ctx: &Context, deadline: Instant, na
         clock.set(deadline);
     }
     assert_finished(ctx, Error::DeadlineExceeded, name);
-    assert_eq!(
-        ctx.remaining(),
-        Some(Duration::ZERO),
-        "{name}: remaining() after the deadline"
-    );
+    assert_eq!(ctx.remaining(), Some(Duration::ZERO), "{name}: remaining() after the deadline");
     assert_cause(ctx, &Want::Ctx(Error::DeadlineExceeded), name);
 }
 
@@ -305,10 +295,7 @@ fn todo() {
     assert_eq!(c.deadline(), None);
     assert_eq!(c.remaining(), None);
     assert!(c.value::<Other>().is_none());
-    assert!(
-        c.now().is_some(),
-        "Default is background(): on the std clock"
-    );
+    assert!(c.now().is_some(), "Default is background(): on the std clock");
 }
 
 // Go: TestWithCancel
@@ -323,10 +310,7 @@ fn with_cancel() {
         assert_live(c, &format!("c[{i}]"));
     }
     let mut pending_run = Box::pin(c2.run(futures::future::pending::<()>()));
-    assert!(
-        pending_run.as_mut().now_or_never().is_none(),
-        "run() finished before cancel"
-    );
+    assert!(pending_run.as_mut().now_or_never().is_none(), "run() finished before cancel");
 
     cancel.cancel(); // Should propagate synchronously.
     for (i, c) in contexts.iter().enumerate() {
@@ -356,11 +340,7 @@ fn parent_finishes_child() {
     assert_live(&cancel_child, "cancel_child");
     assert_live(&value_child, "value_child");
     assert_live(&timer_child, "timer_child");
-    assert_eq!(
-        clock.pending_timers(),
-        1,
-        "timer_child should hold one clock timer"
-    );
+    assert_eq!(clock.pending_timers(), 1, "timer_child should hold one clock timer");
 
     cancel.cancel();
 
@@ -387,10 +367,9 @@ fn parent_finishes_child() {
 #[test]
 fn child_finishes_first() {
     let (cancelable, _stop) = Context::background().with_cancel();
-    for (name, parent) in [
-        ("Background", Context::background()),
-        ("cancelable", cancelable.clone()),
-    ] {
+    for (name, parent) in
+        [("Background", Context::background()), ("cancelable", cancelable.clone())]
+    {
         let (child, cancel) = parent.with_cancel();
         assert_live(&parent, &format!("{name}: parent"));
         assert_live(&child, &format!("{name}: child"));
@@ -522,9 +501,7 @@ fn values() {
     let (o0, _g0) = Context::background().with_cancel();
     check(&o0, "o0", None, None, None);
 
-    let (o1, _g1) = Context::background()
-        .with_value(K1(Some("c1k1")))
-        .with_cancel();
+    let (o1, _g1) = Context::background().with_value(K1(Some("c1k1"))).with_cancel();
     check(&o1, "o1", Some("c1k1"), None, None);
 
     let o2 = o1.with_value(K2(Some("o2k2")));
@@ -591,8 +568,7 @@ fn simultaneous_cancels() {
     }
     // Wait for all the cancels to return.
     for _ in 0..n {
-        rx.recv_timeout(BOUND)
-            .expect("timed out waiting for the cancel calls to return");
+        rx.recv_timeout(BOUND).expect("timed out waiting for the cancel calls to return");
     }
     for h in handles {
         h.join().unwrap();
@@ -685,10 +661,7 @@ fn test_layers(seed: u64, test_timeout: bool) {
             );
         }
     };
-    assert_live(
-        &ctx,
-        &format!("seed={seed}: ctx should not be canceled yet"),
-    );
+    assert_live(&ctx, &format!("seed={seed}: ctx should not be canceled yet"));
     check_values("before cancel");
     if test_timeout {
         clock.advance(SHORT);
@@ -737,21 +710,13 @@ fn cancel_removes() {
     let (_child, cancel) = ctx.with_timeout(Duration::from_secs(60 * 60));
     assert_eq!(clock.pending_timers(), 1, "with WithTimeout child");
     cancel.cancel();
-    assert_eq!(
-        clock.pending_timers(),
-        0,
-        "after canceling WithTimeout child"
-    );
+    assert_eq!(clock.pending_timers(), 0, "after canceling WithTimeout child");
 
     // Dropping the guard (Rust's implicit cancel) releases it too.
     let (_child, cancel) = ctx.with_timeout(Duration::from_secs(60 * 60));
     assert_eq!(clock.pending_timers(), 1, "with WithTimeout child");
     drop(cancel);
-    assert_eq!(
-        clock.pending_timers(),
-        0,
-        "after dropping the WithTimeout child's guard"
-    );
+    assert_eq!(clock.pending_timers(), 0, "after dropping the WithTimeout child's guard");
 
     // A stopped AfterFunc releases its callback.
     let token = Arc::new(());
@@ -759,11 +724,7 @@ fn cancel_removes() {
     let stop = ctx.after_func(move || drop(held));
     assert_eq!(Arc::strong_count(&token), 2, "with AfterFunc child");
     assert!(stop.stop(), "stop() = false, want true");
-    assert_eq!(
-        Arc::strong_count(&token),
-        1,
-        "after stopping AfterFunc child: callback still held"
-    );
+    assert_eq!(Arc::strong_count(&token), 1, "after stopping AfterFunc child: callback still held");
     assert_live(&ctx, "parent");
 }
 
@@ -775,11 +736,7 @@ fn with_cancel_canceled_parent() {
     pcancel.cancel_with(cause.clone());
 
     let (c, _g) = parent.with_cancel();
-    assert_finished(
-        &c,
-        Error::Canceled,
-        "child not done immediately upon construction",
-    );
+    assert_finished(&c, Error::Canceled, "child not done immediately upon construction");
     assert_cause(&c, &Want::Custom(cause), "child");
 }
 
@@ -814,10 +771,7 @@ fn invalid_derived_fail() {
     let v = c.with_value(Other);
     assert_live(&v, "unclocked child");
     // ...deadlines are not.
-    assert_eq!(
-        root.try_with_deadline(Instant::ZERO + SHORT).err(),
-        Some(NoClockError)
-    );
+    assert_eq!(root.try_with_deadline(Instant::ZERO + SHORT).err(), Some(NoClockError));
     assert_eq!(root.try_with_timeout(SHORT).err(), Some(NoClockError));
     assert_eq!(v.try_with_timeout(SHORT).err(), Some(NoClockError));
     assert!(
@@ -829,10 +783,8 @@ fn invalid_derived_fail() {
         "expected panic from with_timeout on an unclocked tree"
     );
     assert!(
-        catch_unwind(AssertUnwindSafe(|| {
-            v.with_timeout_cause(SHORT, TestErr::new("tooSlow"))
-        }))
-        .is_err(),
+        catch_unwind(AssertUnwindSafe(|| { v.with_timeout_cause(SHORT, TestErr::new("tooSlow")) }))
+            .is_err(),
         "expected panic from with_timeout_cause on an unclocked tree"
     );
     // The failed attempts left the tree untouched.
@@ -876,12 +828,7 @@ fn cause() {
             err: None,
             cause: Want::Nil,
         },
-        Case {
-            name: "TODO",
-            ctx: Box::new(Context::default),
-            err: None,
-            cause: Want::Nil,
-        },
+        Case { name: "TODO", ctx: Box::new(Context::default), err: None, cause: Want::Nil },
         Case {
             name: "WithCancel",
             ctx: Box::new(|| {
@@ -1159,18 +1106,8 @@ fn cause() {
     for case in cases {
         let ctx = (case.ctx)();
         assert_eq!(ctx.err(), case.err, "{}: err()", case.name);
-        assert_eq!(
-            ctx.is_done(),
-            case.err.is_some(),
-            "{}: is_done()",
-            case.name
-        );
-        assert_eq!(
-            ctx.check(),
-            case.err.map_or(Ok(()), Err),
-            "{}: check()",
-            case.name
-        );
+        assert_eq!(ctx.is_done(), case.err.is_some(), "{}: is_done()", case.name);
+        assert_eq!(ctx.check(), case.err.map_or(Ok(()), Err), "{}: check()", case.name);
         assert_cause(&ctx, &case.cause, case.name);
     }
 }
@@ -1245,11 +1182,7 @@ fn after_func_called_after_cancel() {
     assert_eq!(calls.get(), 0, "AfterFunc called before context is done");
 
     cancel.cancel();
-    assert_eq!(
-        calls.get(),
-        1,
-        "AfterFunc not called after context is canceled"
-    );
+    assert_eq!(calls.get(), 1, "AfterFunc not called after context is canceled");
     assert_eq!(
         *ran_on.lock().unwrap(),
         Some(thread::current().id()),
@@ -1273,11 +1206,7 @@ fn after_func_called_after_timeout() {
     clock.advance(SHORT / 2);
     assert_eq!(calls.get(), 0, "AfterFunc called before the deadline");
     clock.advance(SHORT - SHORT / 2);
-    assert_eq!(
-        calls.get(),
-        1,
-        "AfterFunc not called after context timed out"
-    );
+    assert_eq!(calls.get(), 1, "AfterFunc not called after context timed out");
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
 }
 
@@ -1296,11 +1225,7 @@ fn after_func_called_immediately() {
             f();
         }
     });
-    assert_eq!(
-        calls.get(),
-        1,
-        "AfterFunc not called for already-canceled context"
-    );
+    assert_eq!(calls.get(), 1, "AfterFunc not called for already-canceled context");
     assert_eq!(*ran_on.lock().unwrap(), Some(thread::current().id()));
     assert!(!stop.stop(), "stop() = true, want false");
 }

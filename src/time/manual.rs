@@ -1,7 +1,6 @@
 //! [`ManualClock`]: time that moves only when a test says so.
 
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 use core::fmt;
 use core::task::Waker;
 use core::time::Duration;
@@ -71,6 +70,11 @@ impl ManualClock {
     /// Moves the clock forward by `d` (saturating at [`Instant::MAX`]) and fires every timer
     /// due at the new time before returning.
     ///
+    /// # Panics
+    ///
+    /// If an `after_func` callback run by a due timer panics, every other due timer still
+    /// fires; then the first panic resumes here.
+    ///
     /// ```
     /// use cancelctx::{Context, ManualClock};
     /// use core::time::Duration;
@@ -87,6 +91,10 @@ impl ManualClock {
 
     /// Sets the clock to `to` and fires every timer due then. Time never goes backwards: an
     /// earlier `to` leaves the clock where it is (and still fires what is due).
+    ///
+    /// # Panics
+    ///
+    /// As [`advance`](ManualClock::advance).
     ///
     /// ```
     /// use cancelctx::{Context, Instant, ManualClock};
@@ -128,11 +136,9 @@ impl ManualClock {
         let due = core::mem::replace(&mut state.timers, later);
         drop(state);
         // Wake with no lock held: waking completes contexts and runs their callbacks, which
-        // may schedule or cancel timers on this same clock.
-        let due: Vec<Waker> = due.into_values().collect();
-        for waker in due {
-            waker.wake();
-        }
+        // may schedule or cancel timers on this same clock. A panicking callback does not
+        // keep the other due timers from firing; the first panic resumes afterwards.
+        crate::panic::for_each_isolated(due.into_values(), Waker::wake);
     }
 }
 

@@ -4,23 +4,23 @@
 //! wake-up each ([`Clock::schedule`]) and release it ([`Clock::cancel`]) as soon as the
 //! context is done or dropped, so the clock only ever holds timers of live contexts.
 
+#[cfg(feature = "async-io")]
+mod async_io_clock;
 mod instant;
 mod manual;
 #[cfg(feature = "std")]
 mod std_clock;
 #[cfg(feature = "tokio")]
 mod tokio_clock;
-#[cfg(feature = "async-io")]
-mod async_io_clock;
 
+#[cfg(feature = "async-io")]
+pub use async_io_clock::AsyncIoClock;
 pub use instant::Instant;
 pub use manual::ManualClock;
 #[cfg(feature = "std")]
 pub use std_clock::StdClock;
 #[cfg(feature = "tokio")]
 pub use tokio_clock::TokioClock;
-#[cfg(feature = "async-io")]
-pub use async_io_clock::AsyncIoClock;
 
 use core::task::Waker;
 

@@ -61,7 +61,9 @@ impl StdClock {
     #[must_use]
     pub fn to_std(instant: Instant) -> std::time::Instant {
         let since = core::time::Duration::from_nanos(instant.as_nanos());
-        epoch().checked_add(since).unwrap_or_else(|| epoch() + core::time::Duration::from_secs(u32::MAX.into()))
+        epoch()
+            .checked_add(since)
+            .unwrap_or_else(|| epoch() + core::time::Duration::from_secs(u32::MAX.into()))
     }
 
     /// The [`Instant`] on this clock of a `std::time::Instant` (clamped to the clock's range).

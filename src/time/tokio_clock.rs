@@ -70,7 +70,9 @@ impl TokioClock {
 
     fn to_tokio(&self, instant: Instant) -> tokio::time::Instant {
         let since = std::time::Duration::from_nanos(instant.as_nanos());
-        self.epoch.checked_add(since).unwrap_or_else(|| self.epoch + std::time::Duration::from_secs(u32::MAX.into()))
+        self.epoch
+            .checked_add(since)
+            .unwrap_or_else(|| self.epoch + std::time::Duration::from_secs(u32::MAX.into()))
     }
 }
 
