@@ -18,21 +18,42 @@ pub(crate) struct Callback {
     state: AtomicU8,
     /// Index in the node's callback list, guarded by the node's lock.
     pub(crate) slot: AtomicU32,
+    /// The reference that keeps the node alive while the callback is registered. Taken by
+    /// the completion walk that claims the callback, or by `stop`.
+    node: Mutex<Option<NodeRef>>,
     f: Mutex<Option<Func>>,
 }
 
 impl Callback {
     fn new(f: Func) -> Callback {
-        Callback { state: AtomicU8::new(PENDING), slot: AtomicU32::new(0), f: Mutex::new(Some(f)) }
+        Callback {
+            state: AtomicU8::new(PENDING),
+            slot: AtomicU32::new(0),
+            node: Mutex::new(None),
+            f: Mutex::new(Some(f)),
+        }
     }
 
-    /// Runs the function unless `stop` got there first.
-    pub(crate) fn run(&self) {
+    pub(crate) fn hold(&self, node: NodeRef) {
+        *self.node.lock() = Some(node);
+    }
+
+    /// Claims the callback for running (under the node's lock, in the completion walk) and
+    /// hands back the node reference it held, for the walk to drop last. `None` if `stop`
+    /// won; `Some(None)` if `stop` holds the reference but lost the claim.
+    pub(crate) fn claim_for_run(&self) -> Option<Option<NodeRef>> {
         if self.claim(CLAIMED) {
-            let f = self.f.lock().take();
-            if let Some(f) = f {
-                f();
-            }
+            Some(self.node.lock().take())
+        } else {
+            None
+        }
+    }
+
+    /// Runs the function of a claimed callback.
+    pub(crate) fn run_claimed(&self) {
+        let f = self.f.lock().take();
+        if let Some(f) = f {
+            f();
         }
     }
 
@@ -45,8 +66,9 @@ impl Callback {
 
 /// The handle of a function registered with [`Context::after_func`].
 ///
-/// Dropping the handle leaves the function registered. A pending registration keeps its
-/// context alive (it is a handle too) until the function runs or is stopped.
+/// Dropping the handle leaves the function registered. The registration (not the handle)
+/// keeps its context alive until the function runs or is stopped; after that the handle
+/// holds nothing but the function's state.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,15 +89,11 @@ pub struct AfterFunc {
 
 enum Registration {
     /// The context can never be done; the function was dropped unrun.
-    Never {
-        stopped: core::sync::atomic::AtomicBool,
-    },
+    Never { stopped: core::sync::atomic::AtomicBool },
     /// The context was done already; the function ran inside `after_func`.
     Ran,
-    Pending {
-        node: NodeRef,
-        callback: Arc<Callback>,
-    },
+    /// Registered on a live context.
+    Pending { callback: Arc<Callback> },
 }
 
 impl AfterFunc {
@@ -99,9 +117,12 @@ impl AfterFunc {
                 !stopped.swap(true, core::sync::atomic::Ordering::AcqRel)
             }
             Registration::Ran => false,
-            Registration::Pending { node, callback } => {
+            Registration::Pending { callback } => {
+                // Take the registration's node reference first: if it is gone, the completion
+                // walk claimed the callback (or another `stop` won).
+                let Some(node) = callback.node.lock().take() else { return false };
                 if !callback.claim(STOPPED) {
-                    return false;
+                    return false; // claimed by a completion that found the reference taken
                 }
                 let f = callback.f.lock().take();
                 drop(f); // release what the function captured, outside the lock
@@ -145,10 +166,13 @@ impl Context {
             _ => unsafe { NodeRef::upgrade(scope.ptr()) }.expect("the scope is alive"),
         };
         let callback = Arc::new(Callback::new(Box::new(f)));
-        if node.add_callback(&node, &callback) {
-            AfterFunc { inner: Registration::Pending { node, callback } }
+        if scope.add_callback(node, &callback) {
+            AfterFunc { inner: Registration::Pending { callback } }
         } else {
-            callback.run();
+            // Done already: run at once, on this thread.
+            if callback.claim_for_run().is_some() {
+                callback.run_claimed();
+            }
             AfterFunc { inner: Registration::Ran }
         }
     }

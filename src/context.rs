@@ -370,19 +370,23 @@ impl Context {
         Some(self.deadline_node()?.deadline)
     }
 
-    fn deadline_node(&self) -> Option<&Meta> {
+    /// The nearest node with a deadline at or above this context (its deadline is the
+    /// effective one: a node only gets its own deadline when it is earlier than its parent's).
+    fn deadline_owner(&self) -> Option<&CancelNode> {
         let mut ctx = self;
         loop {
             ctx = match &ctx.repr {
                 Repr::Static(_) | Repr::Root(_) => return None,
-                Repr::Cancel(node) => match &node.meta {
-                    Some(meta) => return Some(meta),
-                    None => &node.parent,
-                },
+                Repr::Cancel(node) if node.meta.is_some() => return Some(node),
+                Repr::Cancel(node) => &node.parent,
                 Repr::Value(node) if node.detached => return None,
                 Repr::Value(node) => &node.parent,
             };
         }
+    }
+
+    fn deadline_node(&self) -> Option<&Meta> {
+        self.deadline_owner()?.meta.as_deref()
     }
 
     /// Time left until the deadline (zero once it has passed), or `None` without a deadline.
@@ -446,7 +450,8 @@ impl Context {
     /// cancelled or dropped, or when this context is done — whichever comes first.
     ///
     /// If this context's deadline is already earlier, the child simply shares it (no timer is
-    /// created). If `deadline` is not after the clock's `now`, the child is born done.
+    /// created; if that earlier deadline has passed but its timer has not fired yet, it is
+    /// fired now). If `deadline` is not after the clock's `now`, the child is born done.
     ///
     /// # Panics
     ///
@@ -581,9 +586,17 @@ impl Context {
         cause: Option<Cause>,
     ) -> Result<(Context, CancelGuard), NoClockError> {
         let clock = self.clock_ref().ok_or(NoClockError)?.clone();
-        if self.deadline().is_some_and(|current| current <= deadline) {
-            // The parent's deadline comes first: no timer needed (Go drops the cause too).
-            return Ok(self.with_cancel());
+        if let Some(owner) = self.deadline_owner() {
+            let meta = owner.meta.as_deref().expect("a deadline owner has meta");
+            if meta.deadline <= deadline {
+                // The parent's deadline comes first: no timer needed (Go drops the cause too).
+                // If it has passed but its timer has not fired yet, fire it now, so that a
+                // deadline not after `now` always gives a child that is born done.
+                if meta.clock.get().now() >= meta.deadline {
+                    owner.complete(Error::DeadlineExceeded, meta.cause.clone());
+                }
+                return Ok(self.with_cancel());
+            }
         }
         let waker = alloc::sync::Arc::new(TimerWaker::default());
         let meta = Box::new(Meta { deadline, clock, cause, waker: waker.clone() });
@@ -644,8 +657,13 @@ impl CancelGuard {
     }
 
     /// Cancels the context and its descendants with [`Error::Canceled`]. Does nothing if it
-    /// is already done. When this returns, the context and every descendant report done,
-    /// their waiters are woken and their `after_func` callbacks have run (on this thread).
+    /// is already done.
+    ///
+    /// When this returns, the context and every descendant report done. If this call is the
+    /// one that completed the context, their waiters have also been woken and their
+    /// `after_func` callbacks have run, on this thread. If another completion won the race
+    /// (another thread's cancel, an ancestor, the deadline), this waits until that one has
+    /// marked every descendant done; its waiters and callbacks are the winner's to run.
     ///
     /// # Panics
     ///

@@ -45,7 +45,7 @@ use event_listener::Event;
 use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
-use crate::state::{self, CAUSE, INHERITED, LINKS, WAITERS};
+use crate::state::{self, CAUSE, FINISHED, INHERITED, LINKS, WAITERS};
 use crate::sync::{fence, Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
@@ -57,8 +57,8 @@ pub(crate) const NOT_LINKED: u32 = u32::MAX;
 const MAX_REFS: usize = usize::MAX / 2;
 
 pub(crate) struct CancelNode {
-    /// Handles (`Context`, `CancelGuard`, `AfterFunc`, work-list entries) plus one while the
-    /// callback list is non-empty.
+    /// Handles: `Context`s, the `CancelGuard`, one per pending `after_func` registration, and
+    /// references a completion walk holds while it works.
     refs: AtomicUsize,
     /// The state word; see `state.rs`.
     pub(crate) state: AtomicU32,
@@ -160,20 +160,6 @@ impl NodeRef {
                 Err(actual) => n = actual,
             }
         }
-    }
-
-    /// Gives up this reference without releasing it; pair with [`NodeRef::from_forgotten`].
-    pub(crate) fn forget(self) {
-        let _ = ManuallyDrop::new(self);
-    }
-
-    /// Takes back a reference given up with [`NodeRef::forget`].
-    ///
-    /// # Safety
-    ///
-    /// A reference to `ptr` must have been forgotten and not yet taken back.
-    pub(crate) unsafe fn from_forgotten(ptr: NodePtr) -> NodeRef {
-        NodeRef(ptr.0)
     }
 }
 
@@ -357,43 +343,35 @@ impl CancelNode {
         }
     }
 
-    /// Registers a callback; returns `false` (and registers nothing) if the node is done.
-    /// `me` is a reference to this node, forgotten into the list's keep-alive count when the
-    /// list becomes non-empty.
-    pub(crate) fn add_callback(&self, me: &NodeRef, callback: &Arc<Callback>) -> bool {
+    /// Registers a callback, which takes `me` (a reference keeping this node alive while the
+    /// callback is pending). Returns `false` and registers nothing if the node is done.
+    pub(crate) fn add_callback(&self, me: NodeRef, callback: &Arc<Callback>) -> bool {
         let Ok(mut guard) = self.lock_links() else { return false };
         let inner = guard.get_or_insert_with(Box::default);
-        if inner.callbacks.is_empty() {
-            me.clone().forget();
-        }
         callback.slot.store(inner.callbacks.len() as u32, Ordering::Relaxed);
+        callback.hold(me);
         inner.callbacks.push(callback.clone());
         true
     }
 
     /// Removes a stopped callback from the list if the node is still live.
     pub(crate) fn remove_callback(&self, callback: &Arc<Callback>) {
-        let mut emptied = false;
-        {
-            let mut guard = self.inner.lock();
-            // If the node is done, the completer has taken (or will take) the list; it skips
-            // stopped callbacks. Otherwise the list is intact and `slot` is current.
-            if !state::is_done(self.state.load(Ordering::Acquire)) {
-                if let Some(inner) = guard.as_mut() {
-                    let slot = callback.slot.load(Ordering::Relaxed) as usize;
-                    if inner.callbacks.get(slot).is_some_and(|c| Arc::ptr_eq(c, callback)) {
-                        inner.callbacks.swap_remove(slot);
-                        if let Some(moved) = inner.callbacks.get(slot) {
-                            moved.slot.store(slot as u32, Ordering::Relaxed);
-                        }
-                        emptied = inner.callbacks.is_empty();
-                    }
-                }
-            }
+        let mut guard = self.inner.lock();
+        // If the node is done, the completer has taken (or will take) the list and skips
+        // stopped callbacks. Otherwise the list is intact and `slot` is current.
+        if state::is_done(self.state.load(Ordering::Acquire)) {
+            return;
         }
-        if emptied {
-            // SAFETY: the list was non-empty, so it held a forgotten reference.
-            drop(unsafe { NodeRef::from_forgotten(self.ptr()) });
+        if let Some(inner) = guard.as_mut() {
+            let slot = callback.slot.load(Ordering::Relaxed) as usize;
+            if inner.callbacks.get(slot).is_some_and(|c| Arc::ptr_eq(c, callback)) {
+                let removed = inner.callbacks.swap_remove(slot);
+                if let Some(moved) = inner.callbacks.get(slot) {
+                    moved.slot.store(slot as u32, Ordering::Relaxed);
+                }
+                drop(guard);
+                drop(removed);
+            }
         }
     }
 
@@ -449,6 +427,10 @@ impl CancelNode {
 
     /// Completes this node with `err` (and an explicit cause), then its whole subtree.
     /// Returns `false` if it was already done: the first completion wins.
+    ///
+    /// Either way, when this returns the node and all its descendants report done: a losing
+    /// call waits for the winning walk to mark them (Go's second `cancel` blocks on the
+    /// mutex the first holds for the same reason).
     pub(crate) fn complete(&self, err: Error, cause: Option<Cause>) -> bool {
         let status = state::status_of(err);
         let old = match cause {
@@ -458,85 +440,153 @@ impl CancelNode {
                 // lock so that two explicit causes cannot overwrite each other.
                 let mut guard = self.inner.lock();
                 if state::is_done(self.state.load(Ordering::Relaxed)) {
-                    drop(guard);
-                    return false;
+                    None
+                } else {
+                    guard.get_or_insert_with(Box::default).cause = Some(cause);
+                    let old = self.transition(status | CAUSE);
+                    if old.is_none() {
+                        // Lost to a lock-free completer: the cause was never published.
+                        let unpublished = guard.as_mut().and_then(|inner| inner.cause.take());
+                        drop(guard);
+                        drop(unpublished);
+                    }
+                    old
                 }
-                guard.get_or_insert_with(Box::default).cause = Some(cause);
-                let old = self.transition(status | CAUSE);
-                if old.is_none() {
-                    // Lost to a lock-free completer: the cause was never published.
-                    let unpublished = guard.as_mut().and_then(|inner| inner.cause.take());
-                    drop(guard);
-                    drop(unpublished);
-                }
-                old
             }
         };
         match old {
             Some(old) => {
-                finish(self, status, old);
+                Walk::new(status).run(self, old);
                 true
             }
-            None => false,
-        }
-    }
-}
-
-/// Wakes, unlinks and notifies everything below a node that this thread just completed
-/// (`old` is its state before), then runs the collected callbacks.
-fn finish(first: &CancelNode, status: u32, old: u32) {
-    let mut callbacks: Vec<Arc<Callback>> = Vec::new();
-    let mut work: Vec<(NodeRef, u32)> = Vec::new();
-    visit(first, status, old, &mut work, &mut callbacks);
-    while let Some((node, old)) = work.pop() {
-        visit(&node, status, old, &mut work, &mut callbacks);
-        // Dropping `node` here may release it (it was only kept for this visit); that takes
-        // its scope's lock, and no lock is held now.
-    }
-    crate::panic::for_each_isolated(callbacks, |callback| callback.run());
-}
-
-fn visit(
-    node: &CancelNode,
-    status: u32,
-    old: u32,
-    work: &mut Vec<(NodeRef, u32)>,
-    callbacks: &mut Vec<Arc<Callback>>,
-) {
-    if old & WAITERS != 0 {
-        node.event.notify(usize::MAX);
-    }
-    if old & LINKS == 0 {
-        return;
-    }
-    let taken = node.inner.lock().as_mut().map(|inner| {
-        let children = core::mem::take(&mut inner.children);
-        for &child_ptr in &children {
-            // SAFETY: listed in `children` and this node's lock is held.
-            let child = unsafe { child_ptr.get() };
-            child.slot.store(NOT_LINKED, Ordering::Relaxed);
-            if let Some(child_old) = child.transition(status | INHERITED) {
-                if child_old & (WAITERS | LINKS) != 0 {
-                    // SAFETY: still under this node's lock.
-                    if let Some(child) = unsafe { NodeRef::upgrade(child_ptr) } {
-                        work.push((child, child_old));
-                    }
-                    // Otherwise the child is being released: it has no waiters or
-                    // callbacks (they hold references) and releases its own timer.
-                }
+            None => {
+                self.wait_finished();
+                false
             }
         }
-        (core::mem::take(&mut inner.callbacks), inner.timer.take())
-    });
-    let Some((node_callbacks, timer)) = taken else { return };
-    if let (Some(key), Some(meta)) = (timer, &node.meta) {
-        meta.clock.get().cancel(key);
     }
-    if !node_callbacks.is_empty() {
-        callbacks.extend(node_callbacks);
-        // SAFETY: the list was non-empty, so it held a forgotten reference. The caller holds
-        // another, so this does not free `node`.
-        drop(unsafe { NodeRef::from_forgotten(node.ptr()) });
+
+    /// Waits until the walk that completed this node has marked its whole subtree done.
+    ///
+    /// That walk started at the nearest node at or above this one that was completed
+    /// directly (not INHERITED); it sets FINISHED there when it is done.
+    fn wait_finished(&self) {
+        let mut origin = self;
+        while origin.state.load(Ordering::Acquire) & INHERITED != 0 {
+            origin = origin.parent.scope().expect("an inherited completion has a scope");
+        }
+        let mut spins = 0;
+        // memory ordering: Acquire pairs with the Release `fetch_or(FINISHED)` at the end of
+        // the walk, so every transition the walk made is visible after this loop.
+        while origin.state.load(Ordering::Acquire) & FINISHED == 0 {
+            crate::sync::backoff(&mut spins);
+        }
+    }
+}
+
+/// One completion spreading through a subtree: an explicit work list instead of recursion.
+///
+/// Order of effects: (1) every descendant is marked done, under each node's lock, and timers
+/// are released; (2) the walk waits for subtrees that another thread completed first and is
+/// still walking; (3) FINISHED is set on the first node; (4) waiters are woken; (5) callbacks
+/// run; (6) the references taken for the walk are dropped (which may free nodes). No user
+/// code (wakers, callbacks, the `Drop` of context values) runs before (3), so user code that
+/// cancels anything in this subtree sees it finished instead of waiting on this walk.
+struct Walk {
+    status: u32,
+    /// Nodes completed by this walk that still need a visit, with their previous state.
+    work: Vec<(NodeRef, u32)>,
+    /// Nodes visited, kept (with their previous state) until the waiters are woken.
+    visited: Vec<(NodeRef, u32)>,
+    /// Children that another thread completed directly and may still be walking.
+    foreign: Vec<NodeRef>,
+    /// Callbacks this walk claimed, to run after FINISHED.
+    callbacks: Vec<Arc<Callback>>,
+    /// References that claimed callbacks held on their nodes, dropped last.
+    held: Vec<NodeRef>,
+}
+
+impl Walk {
+    fn new(status: u32) -> Walk {
+        Walk {
+            status,
+            work: Vec::new(),
+            visited: Vec::new(),
+            foreign: Vec::new(),
+            callbacks: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
+    fn run(mut self, first: &CancelNode, old: u32) {
+        self.visit(first, old);
+        while let Some((node, old)) = self.work.pop() {
+            self.visit(&node, old);
+            self.visited.push((node, old));
+        }
+        for node in &self.foreign {
+            node.wait_finished();
+        }
+        // memory ordering: Release; see `wait_finished`.
+        first.state.fetch_or(FINISHED, Ordering::Release);
+        if old & WAITERS != 0 {
+            first.event.notify(usize::MAX);
+        }
+        for (node, old) in &self.visited {
+            if old & WAITERS != 0 {
+                node.event.notify(usize::MAX);
+            }
+        }
+        crate::panic::for_each_isolated(self.callbacks, |callback| callback.run_claimed());
+        // `visited`, `foreign` and `held` drop here, after everything else.
+    }
+
+    fn visit(&mut self, node: &CancelNode, old: u32) {
+        if old & LINKS == 0 {
+            return;
+        }
+        let taken = node.inner.lock().as_mut().map(|inner| {
+            let children = core::mem::take(&mut inner.children);
+            for &child_ptr in &children {
+                // SAFETY: listed in `children` and this node's lock is held.
+                let child = unsafe { child_ptr.get() };
+                child.slot.store(NOT_LINKED, Ordering::Relaxed);
+                // Both `upgrade`s below are under this node's lock. `None` means the child is
+                // being released: no handle is left, so it has no waiters or callbacks (they
+                // hold references), nobody is walking it, and it releases its own timer.
+                match child.transition(self.status | INHERITED) {
+                    Some(child_old) if child_old & (WAITERS | LINKS) != 0 => {
+                        // SAFETY: listed in `children`, under this node's lock.
+                        if let Some(child) = unsafe { NodeRef::upgrade(child_ptr) } {
+                            self.work.push((child, child_old));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Done already, by its own guard or timer: that walk may still be
+                        // running below it.
+                        let s = child.state.load(Ordering::Acquire);
+                        if s & (INHERITED | FINISHED) == 0 {
+                            // SAFETY: listed in `children`, under this node's lock.
+                            if let Some(child) = unsafe { NodeRef::upgrade(child_ptr) } {
+                                self.foreign.push(child);
+                            }
+                        }
+                    }
+                }
+            }
+            // Claim the callbacks under the lock: from here on `stop` returns false for them.
+            for callback in core::mem::take(&mut inner.callbacks) {
+                if let Some(held) = callback.claim_for_run() {
+                    self.held.extend(held);
+                    self.callbacks.push(callback);
+                }
+            }
+            inner.timer.take()
+        });
+        if let (Some(Some(key)), Some(meta)) = (taken, &node.meta) {
+            meta.clock.get().cancel(key);
+        }
     }
 }
 

@@ -6,6 +6,9 @@
 //!  bit  3    INHERITED  completed by an ancestor: the cause is theirs     (set with STATUS)
 //!  bit  4    WAITERS    a listener may be registered on the node's Event  (set while live or after)
 //!  bit  5    LINKS      children, callbacks or a timer were registered    (set while live)
+//!  bit  6    FINISHED   the walk that completed this node has marked its  (set after STATUS,
+//!                       whole subtree done                                 on directly
+//!                                                                          completed nodes)
 //! ```
 //!
 //! Transitions: `live -> live | WAITERS`, `live -> live | LINKS` and exactly one
@@ -27,6 +30,7 @@ pub(crate) const CAUSE: u32 = 1 << 2;
 pub(crate) const INHERITED: u32 = 1 << 3;
 pub(crate) const WAITERS: u32 = 1 << 4;
 pub(crate) const LINKS: u32 = 1 << 5;
+pub(crate) const FINISHED: u32 = 1 << 6;
 
 /// The status bits for an error.
 #[inline]

@@ -17,6 +17,30 @@ pub(crate) use portable_atomic::{fence, AtomicU32, AtomicU8, AtomicUsize, Orderi
 
 pub(crate) use mutex::{Mutex, MutexGuard};
 
+/// One step of a bounded-latency wait for another thread's short critical work: spin with
+/// exponential backoff, then yield the thread (under loom: let the model switch threads).
+pub(crate) fn backoff(spins: &mut u32) {
+    #[cfg(loom)]
+    {
+        let _ = spins;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        if *spins < 7 {
+            for _ in 0..(1u32 << *spins) {
+                core::hint::spin_loop();
+            }
+            *spins += 1;
+        } else {
+            #[cfg(feature = "std")]
+            std::thread::yield_now();
+            #[cfg(not(feature = "std"))]
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// Takes the value out of an `Arc` if this is the last strong reference.
 #[cfg(not(loom))]
 pub(crate) fn arc_into_inner<T>(arc: Arc<T>) -> Option<T> {

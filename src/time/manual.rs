@@ -16,6 +16,10 @@ use crate::sync::{Arc, Mutex};
 /// their waiters are woken (an async waiter still needs its executor to poll it) — so tests
 /// need no sleeps. Timers fire in deadline order, on the thread that moved the clock.
 ///
+/// Moves are serialized: when two threads move the clock at once, each call returns only
+/// after every timer due at its time has fired, whichever thread fired it. A callback fired
+/// by a move may itself move the same clock (with `std`; without `std` that deadlocks).
+///
 /// # Examples
 ///
 /// ```
@@ -33,7 +37,15 @@ use crate::sync::{Arc, Mutex};
 /// ```
 #[derive(Clone, Default)]
 pub struct ManualClock {
-    inner: Arc<Mutex<State>>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Held across a whole move, wakes included, so that concurrent moves cannot return while
+    /// another thread is still firing timers due at their time.
+    mover: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -64,7 +76,7 @@ impl ManualClock {
     /// ```
     #[must_use]
     pub fn now(&self) -> Instant {
-        self.inner.lock().now
+        self.inner.state.lock().now
     }
 
     /// Moves the clock forward by `d` (saturating at [`Instant::MAX`]) and fires every timer
@@ -84,9 +96,7 @@ impl ManualClock {
     /// assert!(ctx.is_done());
     /// ```
     pub fn advance(&self, d: Duration) {
-        let state = self.inner.lock();
-        let to = state.now.saturating_add(d);
-        self.fire_until(state, to);
+        self.move_to(|now| now.saturating_add(d));
     }
 
     /// Sets the clock to `to` and fires every timer due then. Time never goes backwards: an
@@ -106,8 +116,7 @@ impl ManualClock {
     /// assert_eq!(clock.now(), Instant::from_nanos(50));
     /// ```
     pub fn set(&self, to: Instant) {
-        let state = self.inner.lock();
-        self.fire_until(state, to);
+        self.move_to(|_| to);
     }
 
     /// How many wake-ups are scheduled and not yet fired or cancelled: the timers of live
@@ -124,10 +133,13 @@ impl ManualClock {
     /// ```
     #[must_use]
     pub fn pending_timers(&self) -> usize {
-        self.inner.lock().timers.len()
+        self.inner.state.lock().timers.len()
     }
 
-    fn fire_until(&self, mut state: crate::sync::MutexGuard<'_, State>, to: Instant) {
+    fn move_to(&self, to: impl FnOnce(Instant) -> Instant) {
+        let _mover = self.lock_mover();
+        let mut state = self.inner.state.lock();
+        let to = to(state.now);
         if to > state.now {
             state.now = to;
         }
@@ -140,6 +152,37 @@ impl ManualClock {
         // keep the other due timers from firing; the first panic resumes afterwards.
         crate::panic::for_each_isolated(due.into_values(), Waker::wake);
     }
+
+    /// Serializes moves; a move made from a callback that this thread's move is firing
+    /// proceeds without the lock (it would otherwise wait for itself).
+    #[cfg(all(feature = "std", not(loom)))]
+    fn lock_mover(&self) -> Option<impl Drop + '_> {
+        use core::cell::Cell;
+        std::thread_local! {
+            /// The clock whose timers this thread is firing, if any.
+            static FIRING: Cell<*const Shared> = const { Cell::new(core::ptr::null()) };
+        }
+        struct Firing<'a> {
+            _lock: crate::sync::MutexGuard<'a, ()>,
+            previous: *const Shared,
+        }
+        impl Drop for Firing<'_> {
+            fn drop(&mut self) {
+                FIRING.with(|f| f.set(self.previous));
+            }
+        }
+        let me: *const Shared = &*self.inner;
+        if FIRING.with(Cell::get) == me {
+            return None;
+        }
+        let lock = self.inner.mover.lock();
+        Some(Firing { _lock: lock, previous: FIRING.with(|f| f.replace(me)) })
+    }
+
+    #[cfg(any(not(feature = "std"), loom))]
+    fn lock_mover(&self) -> Option<impl Drop + '_> {
+        Some(self.inner.mover.lock())
+    }
 }
 
 impl Clock for ManualClock {
@@ -148,7 +191,7 @@ impl Clock for ManualClock {
     }
 
     fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
-        let mut state = self.inner.lock();
+        let mut state = self.inner.state.lock();
         state.next_id += 1;
         let key = TimerKey::new(deadline, state.next_id);
         if deadline <= state.now {
@@ -161,14 +204,14 @@ impl Clock for ManualClock {
     }
 
     fn cancel(&self, key: TimerKey) {
-        let removed = self.inner.lock().timers.remove(&key);
+        let removed = self.inner.state.lock().timers.remove(&key);
         drop(removed); // drop the waker outside the lock
     }
 }
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         f.debug_struct("ManualClock")
             .field("now", &state.now)
             .field("pending_timers", &state.timers.len())

@@ -91,8 +91,9 @@ impl TimerKey {
 /// - `schedule(deadline, waker)` wakes `waker` once, at or after `deadline` as `now` reports
 ///   it. If the deadline has already passed it may wake at once, even before returning.
 ///   Waking early, late or twice is harmless: the context checks `now() >= deadline` when
-///   woken, re-schedules if early and ignores a second wake. A clock that never wakes only
-///   delays deadlines (to the next time anything reads them) — no cancellation is lost.
+///   woken, re-schedules if early and ignores a second wake. Waking late delays the
+///   deadline; a clock that never wakes never completes it (`err()` is a single load and
+///   does not read the clock, though [`remaining`](crate::Context::remaining) reports zero).
 /// - `cancel(key)` releases the wake-up (and the `Waker`) if it has not fired yet, and is a
 ///   no-op otherwise. It must not call the waker.
 /// - Neither method may block on, or call back into, a context; wakers are called with no
