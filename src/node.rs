@@ -337,8 +337,9 @@ impl CancelNode {
                 inner.children.push(child.ptr());
             }
             Err(s) => {
-                // Born done: the parent's error, and its cause through INHERITED.
-                child.state.store((s & state::STATUS) | INHERITED, Ordering::Release);
+                // Born done: the parent's error, and its cause through INHERITED; FINISHED as
+                // it has no subtree (its own children will be born done too).
+                child.state.store((s & state::STATUS) | INHERITED | FINISHED, Ordering::Release);
             }
         }
     }
@@ -406,8 +407,9 @@ impl CancelNode {
         }
     }
 
-    /// Tries the one `live -> done` transition, adding `bits` (status and flags).
-    /// Returns the previous state if this call won.
+    /// Tries the one `live -> done` transition, adding `bits` (status and flags), and
+    /// FINISHED too if the node has no links (no subtree to walk). Returns the previous state
+    /// if this call won.
     #[inline]
     fn transition(&self, bits: u32) -> Option<u32> {
         let mut s = self.state.load(Ordering::Relaxed);
@@ -415,10 +417,15 @@ impl CancelNode {
             if state::is_done(s) {
                 return None;
             }
+            let finished = if s & LINKS == 0 { FINISHED } else { 0 };
             // memory ordering: Release publishes the cause and everything the canceller did
             // before; Acquire makes the registrations behind WAITERS/LINKS visible.
-            match self.state.compare_exchange_weak(s, s | bits, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.state.compare_exchange_weak(
+                s,
+                s | bits | finished,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(s),
                 Err(actual) => s = actual,
             }
@@ -468,17 +475,27 @@ impl CancelNode {
 
     /// Waits until the walk that completed this node has marked its whole subtree done.
     ///
-    /// That walk started at the nearest node at or above this one that was completed
-    /// directly (not INHERITED); it sets FINISHED there when it is done.
+    /// Walks up INHERITED completions until a node that is FINISHED (its subtree, which
+    /// includes this node's, is done) or the node the walk started from (completed directly),
+    /// and waits for that one. Once a walk is over every node it completed is FINISHED, so a
+    /// late loser returns after one load.
     fn wait_finished(&self) {
-        let mut origin = self;
-        while origin.state.load(Ordering::Acquire) & INHERITED != 0 {
-            origin = origin.parent.scope().expect("an inherited completion has a scope");
+        let mut node = self;
+        loop {
+            // memory ordering: Acquire pairs with the Release that sets FINISHED (at the end
+            // of the walk, or in the transition of a node without links), so every
+            // transition the walk made is visible once FINISHED is seen.
+            let s = node.state.load(Ordering::Acquire);
+            if s & FINISHED != 0 {
+                return;
+            }
+            if s & INHERITED == 0 {
+                break;
+            }
+            node = node.parent.scope().expect("an inherited completion has a scope");
         }
         let mut spins = 0;
-        // memory ordering: Acquire pairs with the Release `fetch_or(FINISHED)` at the end of
-        // the walk, so every transition the walk made is visible after this loop.
-        while origin.state.load(Ordering::Acquire) & FINISHED == 0 {
+        while node.state.load(Ordering::Acquire) & FINISHED == 0 {
             crate::sync::backoff(&mut spins);
         }
     }
@@ -488,7 +505,8 @@ impl CancelNode {
 ///
 /// Order of effects: (1) every descendant is marked done, under each node's lock, and timers
 /// are released; (2) the walk waits for subtrees that another thread completed first and is
-/// still walking; (3) FINISHED is set on the first node; (4) waiters are woken; (5) callbacks
+/// still walking; (3) FINISHED is set on every node the walk completed (nodes without links
+/// got it in their transition already); (4) waiters are woken; (5) callbacks
 /// run; (6) the references taken for the walk are dropped (which may free nodes). No user
 /// code (wakers, callbacks, the `Drop` of context values) runs before (3), so user code that
 /// cancels anything in this subtree sees it finished instead of waiting on this walk.
@@ -527,8 +545,16 @@ impl Walk {
         for node in &self.foreign {
             node.wait_finished();
         }
-        // memory ordering: Release; see `wait_finished`.
-        first.state.fetch_or(FINISHED, Ordering::Release);
+        // Every node below is done now: mark the nodes that had subtrees (leaves were marked
+        // in their transition). memory ordering: Release; see `wait_finished`.
+        for (node, old) in &self.visited {
+            if old & LINKS != 0 {
+                node.state.fetch_or(FINISHED, Ordering::Release);
+            }
+        }
+        if old & LINKS != 0 {
+            first.state.fetch_or(FINISHED, Ordering::Release);
+        }
         if old & WAITERS != 0 {
             first.event.notify(usize::MAX);
         }

@@ -6,9 +6,8 @@
 //!  bit  3    INHERITED  completed by an ancestor: the cause is theirs     (set with STATUS)
 //!  bit  4    WAITERS    a listener may be registered on the node's Event  (set while live or after)
 //!  bit  5    LINKS      children, callbacks or a timer were registered    (set while live)
-//!  bit  6    FINISHED   the walk that completed this node has marked its  (set after STATUS,
-//!                       whole subtree done                                 on directly
-//!                                                                          completed nodes)
+//!  bit  6    FINISHED   every descendant is done too: set with STATUS on a node without
+//!                       LINKS, else by the completing walk once it is over
 //! ```
 //!
 //! Transitions: `live -> live | WAITERS`, `live -> live | LINKS` and exactly one
