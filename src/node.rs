@@ -2,7 +2,8 @@
 //! reference count that keeps it alive.
 //!
 //! Every `with_cancel`/`with_deadline` context is one heap-allocated [`CancelNode`] shared by
-//! its `Context` clones, its `CancelGuard` and its `AfterFunc` handles through [`NodeRef`], a
+//! its `Context` clones, its `CancelGuard` and its pending `after_func` registrations through
+//! [`NodeRef`], a
 //! reference-counted pointer written here rather than `Arc` for three reasons:
 //!
 //! - no weak count: the node stays at 64 bytes (see the size test at the bottom);
@@ -28,12 +29,13 @@
 //!
 //! # How completion spreads
 //!
-//! [`CancelNode::complete`] wins the one `live -> done` transition of the state word, then
-//! [`finish`] walks the subtree with an explicit work list (never recursion): under each
+//! [`CancelNode::complete`] wins the one `live -> done` transition of the state word, then a
+//! [`Walk`] goes through the subtree with an explicit work list (never recursion): under each
 //! node's lock it takes the children, callbacks and timer, marks every child done
 //! (`INHERITED`), and queues those that have waiters or links of their own, holding a counted
-//! reference so they outlive the lock. Waiters are woken and timers released as nodes are
-//! visited; callbacks run last, once the whole subtree is done, with no lock held.
+//! reference so they outlive the lock. Only once the whole subtree is done (FINISHED) are
+//! waiters woken and callbacks run, with no lock held. A completion that loses the race waits
+//! for FINISHED, so every `cancel()` returns with the subtree done.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
