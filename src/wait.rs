@@ -51,6 +51,24 @@ fn poll_node(
     }
 }
 
+/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener and whether the
+/// future has resolved.
+#[derive(Default)]
+struct Waiter {
+    listener: Option<EventListener>,
+    finished: bool,
+}
+
+impl Waiter {
+    fn poll(&mut self, ctx: &Context, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        // Never done: nothing to register, nothing to allocate.
+        let Some(node) = ctx.scope() else { return Poll::Pending };
+        let result = poll_node(node, &mut self.listener, cx);
+        self.finished = result.is_ready();
+        result
+    }
+}
+
 /// Future returned by [`Context::done`]: resolves to the context's [`Error`] once it is done.
 ///
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
@@ -66,8 +84,7 @@ fn poll_node(
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Done<'a> {
     ctx: &'a Context,
-    listener: Option<EventListener>,
-    finished: bool,
+    waiter: Waiter,
 }
 
 impl Future for Done<'_> {
@@ -75,16 +92,13 @@ impl Future for Done<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
         let this = &mut *self;
-        let Some(node) = this.ctx.scope() else { return Poll::Pending };
-        let result = poll_node(node, &mut this.listener, cx);
-        this.finished = result.is_ready();
-        result
+        this.waiter.poll(this.ctx, cx)
     }
 }
 
 impl FusedFuture for Done<'_> {
     fn is_terminated(&self) -> bool {
-        self.finished
+        self.waiter.finished
     }
 }
 
@@ -108,8 +122,7 @@ impl fmt::Debug for Done<'_> {
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct DoneOwned {
     ctx: Context,
-    listener: Option<EventListener>,
-    finished: bool,
+    waiter: Waiter,
 }
 
 impl Future for DoneOwned {
@@ -117,16 +130,13 @@ impl Future for DoneOwned {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
         let this = &mut *self;
-        let Some(node) = this.ctx.scope() else { return Poll::Pending };
-        let result = poll_node(node, &mut this.listener, cx);
-        this.finished = result.is_ready();
-        result
+        this.waiter.poll(&this.ctx, cx)
     }
 }
 
 impl FusedFuture for DoneOwned {
     fn is_terminated(&self) -> bool {
-        self.finished
+        self.waiter.finished
     }
 }
 
@@ -210,7 +220,7 @@ impl Context {
     /// assert_eq!(pollster::block_on(ctx.done()), Error::Canceled);
     /// ```
     pub fn done(&self) -> Done<'_> {
-        Done { ctx: self, listener: None, finished: false }
+        Done { ctx: self, waiter: Waiter::default() }
     }
 
     /// The `'static` form of [`done`](Context::done); see [`DoneOwned`].
@@ -222,7 +232,7 @@ impl Context {
     /// assert!(pollster::block_on(done) == cancelctx::Error::Canceled);
     /// ```
     pub fn done_owned(&self) -> DoneOwned {
-        DoneOwned { ctx: self.clone(), listener: None, finished: false }
+        DoneOwned { ctx: self.clone(), waiter: Waiter::default() }
     }
 
     /// Runs `future` until it completes or the context is done, whichever is first; see
