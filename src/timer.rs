@@ -40,12 +40,11 @@ impl Wake for TimerWaker {
 /// scheduled again (clocks may fire early, late or twice).
 fn fire(node: &NodeRef, waker: &Arc<TimerWaker>) {
     let Some(meta) = node.meta.as_ref() else { return };
-    if node.err().is_some() {
-        return;
-    }
     if meta.clock.get().now() >= meta.deadline {
+        // Even if the node is done already: a completion that loses waits for the winning
+        // walk, so a clock move returns only once everything due is done.
         node.complete(Error::DeadlineExceeded, meta.cause.clone());
-    } else {
+    } else if node.err().is_none() {
         arm(node, waker.clone());
     }
 }

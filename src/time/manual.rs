@@ -155,12 +155,17 @@ impl ManualClock {
 
     /// Serializes moves; a move made from a callback that this thread's move is firing
     /// proceeds without the lock (it would otherwise wait for itself).
-    #[cfg(all(feature = "std", not(loom)))]
+    #[cfg(feature = "std")]
+    #[allow(clippy::missing_const_for_thread_local)] // loom's `thread_local!` has no const form
     fn lock_mover(&self) -> Option<impl Drop + '_> {
         use core::cell::Cell;
-        std::thread_local! {
+        #[cfg(loom)]
+        use loom::thread_local;
+        #[cfg(not(loom))]
+        use std::thread_local;
+        thread_local! {
             /// The clock whose timers this thread is firing, if any.
-            static FIRING: Cell<*const Shared> = const { Cell::new(core::ptr::null()) };
+            static FIRING: Cell<*const Shared> = Cell::new(core::ptr::null());
         }
         struct Firing<'a> {
             _lock: crate::sync::MutexGuard<'a, ()>,
@@ -179,7 +184,7 @@ impl ManualClock {
         Some(Firing { _lock: lock, previous: FIRING.with(|f| f.replace(me)) })
     }
 
-    #[cfg(any(not(feature = "std"), loom))]
+    #[cfg(not(feature = "std"))]
     fn lock_mover(&self) -> Option<impl Drop + '_> {
         Some(self.inner.mover.lock())
     }
