@@ -464,6 +464,9 @@ impl CancelNode {
             }
         };
         match old {
+            // No waiters and no links: nothing to wake or walk, and the transition already
+            // set FINISHED. The common case (a guard dropped on a leaf) ends here.
+            Some(old) if old & (WAITERS | LINKS) == 0 => true,
             Some(old) => {
                 Walk::new(status).run(self, old);
                 true
