@@ -482,26 +482,35 @@ impl CancelNode {
     ///
     /// Walks up INHERITED completions until a node that is FINISHED (its subtree, which
     /// includes this node's, is done) or the node the walk started from (completed directly),
-    /// and waits for that one. Once a walk is over every node it completed is FINISHED, so a
-    /// late loser returns after one load.
+    /// waits for that one, then marks the nodes it passed FINISHED too (path compression), so
+    /// later losers below them return after one load: amortized O(1) per losing cancel.
     fn wait_finished(&self) {
         let mut node = self;
         loop {
-            // memory ordering: Acquire pairs with the Release that sets FINISHED (at the end
-            // of the walk, or in the transition of a node without links), so every
-            // transition the walk made is visible once FINISHED is seen.
+            // memory ordering: Acquire pairs with the Release that sets FINISHED (by the walk,
+            // by a transition without links, or by an earlier loser), so every transition of
+            // the walk is visible once FINISHED is seen.
             let s = node.state.load(Ordering::Acquire);
             if s & FINISHED != 0 {
-                return;
+                break;
             }
             if s & INHERITED == 0 {
+                let mut spins = 0;
+                while node.state.load(Ordering::Acquire) & FINISHED == 0 {
+                    crate::sync::backoff(&mut spins);
+                }
                 break;
             }
             node = node.parent.scope().expect("an inherited completion has a scope");
         }
-        let mut spins = 0;
-        while node.state.load(Ordering::Acquire) & FINISHED == 0 {
-            crate::sync::backoff(&mut spins);
+        let top = node;
+        let mut node = self;
+        while !core::ptr::eq(node, top) {
+            // memory ordering: Release passes on what this thread acquired from `top`.
+            if node.state.fetch_or(FINISHED, Ordering::Release) & FINISHED != 0 {
+                break; // another loser compressed the rest of the path
+            }
+            node = node.parent.scope().expect("an inherited completion has a scope");
         }
     }
 }
@@ -510,8 +519,8 @@ impl CancelNode {
 ///
 /// Order of effects: (1) every descendant is marked done, under each node's lock, and timers
 /// are released; (2) the walk waits for subtrees that another thread completed first and is
-/// still walking; (3) FINISHED is set on every node the walk completed (nodes without links
-/// got it in their transition already); (4) waiters are woken; (5) callbacks
+/// still walking; (3) FINISHED is set on the first node (nodes without links got it in their
+/// transition; losers mark the paths they walk up); (4) waiters are woken; (5) callbacks
 /// run; (6) the references taken for the walk are dropped (which may free nodes). No user
 /// code (wakers, callbacks, the `Drop` of context values) runs before (3), so user code that
 /// cancels anything in this subtree sees it finished instead of waiting on this walk.
@@ -519,7 +528,9 @@ struct Walk {
     status: u32,
     /// Nodes completed by this walk that still need a visit, with their previous state.
     work: Vec<(NodeRef, u32)>,
-    /// Nodes visited, kept (with their previous state) until the waiters are woken.
+    /// Nodes visited, kept (with their previous state) until the waiters are woken, and their
+    /// references until the end: releasing one may drop user values, which must not happen
+    /// before FINISHED (user code that cancels in this subtree would wait for this walk).
     visited: Vec<(NodeRef, u32)>,
     /// Children that another thread completed directly and may still be walking.
     foreign: Vec<NodeRef>,
@@ -550,13 +561,9 @@ impl Walk {
         for node in &self.foreign {
             node.wait_finished();
         }
-        // Every node below is done now: mark the nodes that had subtrees (leaves were marked
-        // in their transition). memory ordering: Release; see `wait_finished`.
-        for (node, old) in &self.visited {
-            if old & LINKS != 0 {
-                node.state.fetch_or(FINISHED, Ordering::Release);
-            }
-        }
+        // Every node below is done now. Only the first node is marked: nodes without links
+        // were marked in their transition, and a loser below marks the path it walked up.
+        // memory ordering: Release; see `wait_finished`.
         if old & LINKS != 0 {
             first.state.fetch_or(FINISHED, Ordering::Release);
         }

@@ -7,7 +7,8 @@
 //!  bit  4    WAITERS    a listener may be registered on the node's Event  (set while live or after)
 //!  bit  5    LINKS      children, callbacks or a timer were registered    (set while live)
 //!  bit  6    FINISHED   every descendant is done too: set with STATUS on a node without
-//!                       LINKS, else by the completing walk once it is over
+//!                       LINKS, on the walk's first node when the walk is over, and on
+//!                       the INHERITED path a losing cancel walked up (path compression)
 //! ```
 //!
 //! Transitions: `live -> live | WAITERS`, `live -> live | LINKS` and exactly one
