@@ -39,6 +39,9 @@ struct Timers {
     next_id: u64,
     map: BTreeMap<TimerKey, Waker>,
     thread_started: bool,
+    /// When the timer thread will wake up by itself: `None` while it waits for a first
+    /// timer. A new timer wakes it (a futex syscall) only if it is due earlier than that.
+    sleeping_until: Option<Instant>,
 }
 
 fn epoch() -> std::time::Instant {
@@ -90,7 +93,7 @@ impl Clock for StdClock {
         let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
         timers.next_id += 1;
         let key = TimerKey::new(deadline, timers.next_id);
-        let is_first = timers.map.keys().next().is_none_or(|first| key < *first);
+        let wake_thread = timers.sleeping_until.is_none_or(|until| deadline < until);
         timers.map.insert(key, waker);
         if !timers.thread_started {
             timers.thread_started = true;
@@ -98,7 +101,9 @@ impl Clock for StdClock {
                 .name("cancelctx-timer".into())
                 .spawn(move || run(shared))
                 .expect("cancelctx: failed to spawn the timer thread");
-        } else if is_first {
+        } else if wake_thread {
+            // It sleeps past this deadline: wake it to sleep less.
+            timers.sleeping_until = Some(deadline);
             shared.changed.notify_one();
         }
         key
@@ -131,10 +136,12 @@ fn run(shared: &'static Shared) {
             timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
             continue;
         }
-        timers = match timers.map.keys().next() {
+        let first = timers.map.keys().next().map(TimerKey::deadline);
+        timers.sleeping_until = first;
+        timers = match first {
             None => shared.changed.wait(timers).unwrap_or_else(|e| e.into_inner()),
             Some(first) => {
-                let wait = first.deadline().saturating_duration_since(now);
+                let wait = first.saturating_duration_since(now);
                 shared.changed.wait_timeout(timers, wait).unwrap_or_else(|e| e.into_inner()).0
             }
         };
