@@ -48,7 +48,7 @@ use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
 use crate::state::{self, CAUSE, FINISHED, INHERITED, LINKS, WAITERS};
-use crate::sync::{fence, Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
 
@@ -189,11 +189,13 @@ impl Clone for NodeRef {
 impl Drop for NodeRef {
     fn drop(&mut self) {
         // memory ordering: Release so every use of the node through this reference happens
-        // before the free; the Acquire fence below makes the freeing thread see them all.
+        // before the free; the Acquire load below (of the last value of that release
+        // sequence) makes the freeing thread see them all. `Arc` uses a fence; a load is
+        // equivalent here and ThreadSanitizer understands it.
         if self.refs.fetch_sub(1, Ordering::Release) != 1 {
             return;
         }
-        fence(Ordering::Acquire);
+        self.refs.load(Ordering::Acquire);
         // SAFETY: the count reached zero, so this was the last reference.
         let parent = unsafe { free_node(self.ptr()) };
         release_chain(parent);
@@ -210,10 +212,11 @@ impl PartialEq for NodeRef {
 /// was the last reference, so the caller can continue without recursing.
 pub(crate) fn release_step(node: NodeRef) -> Option<Context> {
     let node = ManuallyDrop::new(node);
+    // memory ordering: as in `NodeRef::drop`.
     if node.refs.fetch_sub(1, Ordering::Release) != 1 {
         return None;
     }
-    fence(Ordering::Acquire);
+    node.refs.load(Ordering::Acquire);
     // SAFETY: the count reached zero, so this was the last reference.
     Some(unsafe { free_node(node.ptr()) })
 }
