@@ -1,1 +1,308 @@
-fn main() {} // placeholder until the perf helper writes this bench
+//! Waking waiters: one cancel waking 1, 100 and 10,000 async waiters, and a blocking
+//! wake-up round trip (ping-pong) between two threads.
+//!
+//! Async waiters are registered in the untimed set-up by polling each future once with a
+//! counting waker; the timed part is the one `cancel()` (or `notify`) that wakes them all.
+//! The floor is event-listener (cancelctx's waiter list) notifying the same number of
+//! listeners directly.
+//!
+//! Run with `cargo bench --bench wake`; `CANCELCTX_BENCH_QUICK=1` for a short run.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Barrier, Condvar, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Waker};
+use std::time::{Duration, Instant};
+
+use cancelctx::{CancelGuard, Context, DoneOwned};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use event_listener::{Event, EventListener, Listener};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+fn poll_pending<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
+    let mut cx = TaskContext::from_waker(waker);
+    assert!(Pin::new(fut).poll(&mut cx).is_pending(), "waiter resolved before the cancel");
+}
+
+type CtxSetup = (Context, CancelGuard, Vec<DoneOwned>);
+type TokioSetup = (CancellationToken, Vec<Pin<Box<WaitForCancellationFutureOwned>>>);
+type EventSetup = (Event, Vec<EventListener>);
+
+fn setup_cancelctx(n: usize, waker: &Waker) -> CtxSetup {
+    let (ctx, guard) = Context::background().with_cancel();
+    let mut waiters: Vec<DoneOwned> = (0..n).map(|_| ctx.done_owned()).collect();
+    for w in &mut waiters {
+        poll_pending(w, waker);
+    }
+    (ctx, guard, waiters)
+}
+
+fn setup_tokio(n: usize, waker: &Waker) -> TokioSetup {
+    let token = CancellationToken::new();
+    // `WaitForCancellationFutureOwned` is `!Unpin` (an intrusive list entry): box it.
+    let mut waiters: Vec<_> = (0..n).map(|_| Box::pin(token.clone().cancelled_owned())).collect();
+    for w in &mut waiters {
+        poll_pending(w, waker);
+    }
+    (token, waiters)
+}
+
+fn setup_event(n: usize, waker: &Waker) -> EventSetup {
+    let event = Event::new();
+    let mut listeners: Vec<EventListener> = (0..n).map(|_| event.listen()).collect();
+    for l in &mut listeners {
+        poll_pending(l, waker);
+    }
+    (event, listeners)
+}
+
+fn wake_async(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wake_async_waiters");
+    for n in [1usize, 100, 10_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        let size = if n <= 10 { BatchSize::SmallInput } else { BatchSize::PerIteration };
+        let (waker, count) = common::count_waker();
+
+        // Each implementation must wake every waiter exactly once.
+        let before = count.count();
+        let s = setup_cancelctx(n, &waker);
+        s.1.cancel();
+        assert_eq!(count.count() - before, n, "cancelctx woke the wrong number");
+        let before = count.count();
+        let s2 = setup_tokio(n, &waker);
+        s2.0.cancel();
+        assert_eq!(count.count() - before, n, "tokio-util woke the wrong number");
+        let before = count.count();
+        let s3 = setup_event(n, &waker);
+        s3.0.notify(usize::MAX);
+        assert_eq!(count.count() - before, n, "event-listener woke the wrong number");
+        drop((s, s2, s3));
+
+        group.bench_function(BenchmarkId::new("cancelctx", n), |b| {
+            b.iter_batched(
+                || setup_cancelctx(n, &waker),
+                |s| {
+                    s.1.cancel();
+                    s
+                },
+                size,
+            )
+        });
+        group.bench_function(BenchmarkId::new("tokio-util", n), |b| {
+            b.iter_batched(
+                || setup_tokio(n, &waker),
+                |s| {
+                    s.0.cancel();
+                    s
+                },
+                size,
+            )
+        });
+        group.bench_function(
+            BenchmarkId::new("floor: event-listener notify(usize::MAX)", n),
+            |b| {
+                b.iter_batched(
+                    || setup_event(n, &waker),
+                    |s| {
+                        s.0.notify(usize::MAX);
+                        s
+                    },
+                    size,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+/// A blocking one-shot signal per round `i`, fired on one thread and awaited on another.
+trait Signal: Send + Sync {
+    fn fire(&self, i: usize);
+    fn wait(&self, i: usize);
+}
+
+struct CtxSignals {
+    ctxs: Vec<Context>,
+    guards: Vec<CancelGuard>,
+}
+impl CtxSignals {
+    fn new(rounds: usize) -> Self {
+        let (ctxs, guards) = (0..rounds).map(|_| Context::background().with_cancel()).unzip();
+        CtxSignals { ctxs, guards }
+    }
+}
+impl Signal for CtxSignals {
+    fn fire(&self, i: usize) {
+        self.guards[i].cancel();
+    }
+    fn wait(&self, i: usize) {
+        self.ctxs[i].wait();
+    }
+}
+
+struct TokioSignals(Vec<CancellationToken>);
+impl Signal for TokioSignals {
+    fn fire(&self, i: usize) {
+        self.0[i].cancel();
+    }
+    fn wait(&self, i: usize) {
+        // tokio-util has no blocking wait: park the thread on the future.
+        futures::executor::block_on(self.0[i].cancelled());
+    }
+}
+
+/// Floor: a `Mutex<usize>` round counter + `Condvar` per direction.
+struct CondvarSignals {
+    round: Mutex<usize>,
+    cv: Condvar,
+}
+impl Signal for CondvarSignals {
+    fn fire(&self, i: usize) {
+        *self.round.lock().unwrap() = i + 1;
+        self.cv.notify_one();
+    }
+    fn wait(&self, i: usize) {
+        let mut round = self.round.lock().unwrap();
+        while *round <= i {
+            round = self.cv.wait(round).unwrap();
+        }
+    }
+}
+
+/// Floor: event-listener directly, with the check / listen / check / wait pattern.
+struct EventSignals {
+    round: AtomicU64,
+    event: Event,
+}
+impl Signal for EventSignals {
+    fn fire(&self, i: usize) {
+        self.round.store(i as u64 + 1, Ordering::Release);
+        self.event.notify(usize::MAX);
+    }
+    fn wait(&self, i: usize) {
+        let i = i as u64;
+        while self.round.load(Ordering::Acquire) <= i {
+            let listener = self.event.listen();
+            if self.round.load(Ordering::Acquire) > i {
+                break;
+            }
+            listener.wait();
+        }
+    }
+}
+
+/// Floor: event-listener's listener awaited with `futures::executor::block_on` (a waker that
+/// unparks the thread with `std::thread`'s futex parker) instead of `Listener::wait` (which
+/// parks on the `parking` crate's `Mutex` + `Condvar`).
+struct EventBlockOnSignals(EventSignals);
+impl Signal for EventBlockOnSignals {
+    fn fire(&self, i: usize) {
+        self.0.fire(i);
+    }
+    fn wait(&self, i: usize) {
+        let i = i as u64;
+        while self.0.round.load(Ordering::Acquire) <= i {
+            let listener = self.0.event.listen();
+            if self.0.round.load(Ordering::Acquire) > i {
+                break;
+            }
+            futures::executor::block_on(listener);
+        }
+    }
+}
+
+/// Floor: `thread::park` / `unpark` on a round counter.
+struct ParkSignals {
+    round: AtomicU64,
+    waiter: OnceLock<std::thread::Thread>,
+}
+impl Signal for ParkSignals {
+    fn fire(&self, i: usize) {
+        self.round.store(i as u64 + 1, Ordering::Release);
+        if let Some(t) = self.waiter.get() {
+            t.unpark();
+        }
+    }
+    fn wait(&self, i: usize) {
+        self.waiter.get_or_init(std::thread::current);
+        while self.round.load(Ordering::Acquire) <= i as u64 {
+            std::thread::park();
+        }
+    }
+}
+
+/// `iters` round trips: this thread fires `ping[i]` and waits for `pong[i]`; the other thread
+/// waits for `ping[i]` and fires `pong[i]`. Returns the time of all round trips.
+fn ping_pong<S: Signal>(iters: u64, ping: S, pong: S) -> Duration {
+    let rounds = iters as usize;
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            barrier.wait();
+            for i in 0..rounds {
+                ping.wait(i);
+                pong.fire(i);
+            }
+        });
+        barrier.wait();
+        let start = Instant::now();
+        for i in 0..rounds {
+            ping.fire(i);
+            pong.wait(i);
+        }
+        start.elapsed()
+    })
+}
+
+fn blocking_ping_pong(c: &mut Criterion) {
+    let mut group = c.benchmark_group("blocking_wake_round_trip");
+    group.bench_function("cancelctx", |b| {
+        b.iter_custom(|iters| {
+            let n = iters as usize;
+            ping_pong(iters, CtxSignals::new(n), CtxSignals::new(n))
+        })
+    });
+    group.bench_function("tokio-util (block_on(cancelled()))", |b| {
+        b.iter_custom(|iters| {
+            let make = || TokioSignals((0..iters).map(|_| CancellationToken::new()).collect());
+            ping_pong(iters, make(), make())
+        })
+    });
+    group.bench_function("floor: event-listener wait/notify", |b| {
+        b.iter_custom(|iters| {
+            let make = || EventSignals { round: AtomicU64::new(0), event: Event::new() };
+            ping_pong(iters, make(), make())
+        })
+    });
+    group.bench_function("floor: event-listener via block_on (std park)", |b| {
+        b.iter_custom(|iters| {
+            let make = || {
+                EventBlockOnSignals(EventSignals { round: AtomicU64::new(0), event: Event::new() })
+            };
+            ping_pong(iters, make(), make())
+        })
+    });
+    group.bench_function("floor: Mutex+Condvar", |b| {
+        b.iter_custom(|iters| {
+            let make = || CondvarSignals { round: Mutex::new(0), cv: Condvar::new() };
+            ping_pong(iters, make(), make())
+        })
+    });
+    group.bench_function("floor: park/unpark", |b| {
+        b.iter_custom(|iters| {
+            let make = || ParkSignals { round: AtomicU64::new(0), waiter: OnceLock::new() };
+            ping_pong(iters, make(), make())
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    let mut c = common::config();
+    wake_async(&mut c);
+    blocking_ping_pong(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,86 @@
+//! Shared set-up for the criterion benches: run-length configuration (full or quick), a
+//! counting waker, and where results go.
+//!
+//! Every group puts `cancelctx` and its peers side by side so that `scripts/bench-table.py`
+//! can print ratios: the row named exactly `cancelctx` is the subject, `tokio-util` the peer,
+//! and rows starting with `floor:` are physical floors (what the hardware and allocator cost
+//! without any cancellation logic).
+#![allow(dead_code)] // each bench binary uses a different part of this module
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+use criterion::Criterion;
+
+/// `CANCELCTX_BENCH_QUICK=1` (or criterion's own `--quick`) makes the whole `cargo bench`
+/// run take under two minutes: few samples, short warm-up, smaller trees where it matters.
+pub fn quick() -> bool {
+    let env = std::env::var("CANCELCTX_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    env || std::env::args().any(|a| a == "--quick")
+}
+
+/// `true` under `cargo bench` (which passes `--bench`); `false` when `cargo test --benches`
+/// runs each case once as a smoke test, where the biggest inputs are scaled down.
+pub fn bench_mode() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// The criterion configuration of every bench binary; command-line flags still override it.
+pub fn config() -> Criterion {
+    let c = Criterion::default().without_plots();
+    let c = if quick() {
+        c.sample_size(10)
+            .warm_up_time(Duration::from_millis(50))
+            .measurement_time(Duration::from_millis(150))
+    } else {
+        c.sample_size(50)
+            .warm_up_time(Duration::from_millis(1000))
+            .measurement_time(Duration::from_millis(2500))
+    };
+    c.configure_from_args()
+}
+
+/// A waker that counts its wake-ups; every clone shares the count (one `Arc`, as a real
+/// executor's task waker would be).
+pub struct CountWaker(AtomicUsize);
+
+impl Wake for CountWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A counting waker and its counter.
+pub fn count_waker() -> (Waker, Arc<CountWaker>) {
+    let count = Arc::new(CountWaker(AtomicUsize::new(0)));
+    (Waker::from(count.clone()), count)
+}
+
+impl CountWaker {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `target/criterion` (or `$CRITERION_HOME`), found from this bench executable's path
+/// (`target/release/deps/<bench>-<hash>`), where non-criterion results are written too.
+pub fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join("criterion");
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    match exe.ancestors().nth(3) {
+        Some(target) => target.join("criterion"),
+        None => PathBuf::from("target/criterion"),
+    }
+}
