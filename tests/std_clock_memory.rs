@@ -51,7 +51,7 @@ fn a_million_std_clock_timeouts_cancelled_early_leave_no_memory_behind() {
     let baseline = live();
 
     let mut peak = 0isize;
-    for _ in 0..1_000 {
+    for _ in 0..scaled(1_000) {
         // A thousand live timeouts at once, then all cancelled early (guards dropped).
         let batch: Vec<_> =
             (0..1_000).map(|_| background.with_timeout(Duration::from_secs(3600))).collect();
@@ -62,4 +62,13 @@ fn a_million_std_clock_timeouts_cancelled_early_leave_no_memory_behind() {
     println!("peak {peak} bytes live with 1000 timeouts; {after} bytes after 1,000,000");
     assert!(peak > 0, "the timeouts were really allocated");
     assert_eq!(after, 0, "timer memory left behind after cancelling a million timeouts");
+}
+
+/// `CANCELCTX_TEST_SCALE=small` (set by `scripts/sanitize.sh`) shrinks the million-element
+/// tests tenfold, for slow instrumented runs; the default is the full size.
+fn scaled(n: usize) -> usize {
+    match std::env::var("CANCELCTX_TEST_SCALE").as_deref() {
+        Ok("small") => n / 10,
+        _ => n,
+    }
 }

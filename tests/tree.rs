@@ -1744,7 +1744,7 @@ fn million_deep_cancel_chain_on_a_small_stack() {
         let why = Why::new();
         let (root, root_guard) = Context::unclocked().with_cancel();
         let mut leaf = root.clone();
-        for _ in 0..1_000_000 {
+        for _ in 0..scaled(1_000_000) {
             let (child, guard) = leaf.with_cancel();
             guard.detach();
             leaf = child;
@@ -1765,8 +1765,8 @@ fn million_deep_chain_dropped_live_on_a_small_stack() {
         let drops = DropCount::default();
         let (root, root_guard) = Context::unclocked().with_value(drops.token()).with_cancel();
         let mut leaf = root.clone();
-        let mut guards = Vec::with_capacity(1_000_000);
-        for _ in 0..1_000_000 {
+        let mut guards = Vec::new();
+        for _ in 0..scaled(1_000_000) {
             let (child, guard) = leaf.with_cancel();
             guards.push(guard);
             leaf = child;
@@ -1844,4 +1844,13 @@ fn mixed_20k_deep_chain_on_a_small_stack() {
         drop(leaf);
         drop(w);
     });
+}
+
+/// `CANCELCTX_TEST_SCALE=small` (set by `scripts/sanitize.sh`) shrinks the million-element
+/// tests tenfold, for slow instrumented runs; the default is the full size.
+fn scaled(n: usize) -> usize {
+    match std::env::var("CANCELCTX_TEST_SCALE").as_deref() {
+        Ok("small") => n / 10,
+        _ => n,
+    }
 }
