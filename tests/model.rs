@@ -320,7 +320,7 @@ fn fuzz_seed_corpus_passes() {
 /// artifacts (`CANCELCTX_FUZZ_INPUT=fuzz/artifacts/tree_model/crash-... cargo test --test
 /// model -- --ignored --nocapture decode_fuzz_input`).
 #[test]
-#[ignore = "manual tool: needs CANCELCTX_FUZZ_INPUT"]
+#[ignore = "manual triage tool: run with CANCELCTX_FUZZ_INPUT=<file> and --ignored, see fuzz/README.md"]
 fn decode_fuzz_input() {
     let path = std::env::var("CANCELCTX_FUZZ_INPUT").expect("set CANCELCTX_FUZZ_INPUT");
     let ops = harness::decode(&std::fs::read(path).expect("readable input"));

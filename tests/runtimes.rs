@@ -15,8 +15,6 @@
 //! waker whose drop shows that the inner clock really let go of the wake-up.
 
 use std::collections::HashSet;
-use std::error::Error as StdError;
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -24,6 +22,9 @@ use std::thread;
 use std::time::Duration;
 
 use cancelctx::{Clock, Context, Error, Instant, StdClock, TimerKey};
+
+mod common;
+use common::Tag;
 
 /// Upper bound for real-time waits; only guards against hangs, never asserted on.
 const BOUND: Duration = Duration::from_secs(10);
@@ -33,17 +34,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Tag(&'static str);
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tag {}", self.0)
-    }
-}
-
-impl StdError for Tag {}
 
 /// Asserts `ctx` is done with `err`, with cause `Tag(tag)` if given, else the error itself.
 #[track_caller]
@@ -405,6 +395,7 @@ mod tokio_clock {
         assert_eq!(parent.err(), None);
 
         assert_eq!(parent.done().await, Error::DeadlineExceeded);
+        // `start` is a tokio Instant under paused time: virtual, deterministic, like ManualClock.
         assert!(start.elapsed() >= 2 * HOUR, "parent fired at {:?}", start.elapsed());
         assert_done(&parent, Error::DeadlineExceeded, None);
     }

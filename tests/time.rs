@@ -15,8 +15,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
-use std::error::Error as StdError;
-use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::pin;
@@ -29,6 +27,9 @@ use std::time::Duration;
 
 use cancelctx::{AfterFunc, Clock, Context, Error, Instant, ManualClock, NoClockError, TimerKey};
 
+mod common;
+use common::Tag;
+
 /// Upper bound for cross-thread waits; only guards against hangs, never asserted on.
 const BOUND: Duration = Duration::from_secs(30);
 const NS: Duration = Duration::from_nanos(1);
@@ -37,18 +38,6 @@ const SEC: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// An explicit cause, told apart by its tag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Tag(&'static str);
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tag {}", self.0)
-    }
-}
-
-impl StdError for Tag {}
 
 fn clocked() -> (ManualClock, Context) {
     let clock = ManualClock::new();

@@ -23,7 +23,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Context as TaskContext, Poll};
 use std::thread;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ use cancelctx::{
 };
 use futures::future::FusedFuture;
 use static_assertions::assert_impl_all;
+
+mod common;
+use common::counting_waker;
 
 /// Upper bound for cross-thread waits; only guards against hangs, never asserted on.
 const BOUND: Duration = Duration::from_secs(30);
@@ -192,28 +195,6 @@ impl Calls {
     fn get(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
-}
-
-/// A waker that counts wake-ups; `Arc::strong_count` of the counter tells how many clones of
-/// the waker exist.
-#[derive(Default)]
-struct WakeCounter {
-    wakes: AtomicUsize,
-}
-
-impl Wake for WakeCounter {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakes.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting_waker() -> (Arc<WakeCounter>, Waker) {
-    let counter = Arc::new(WakeCounter::default());
-    (counter.clone(), Waker::from(counter))
 }
 
 fn clocked() -> (ManualClock, Context) {

@@ -9,13 +9,16 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
 use cancelctx::{CancelGuard, Context, Error, Instant, ManualClock};
 use futures::future::FusedFuture;
 use futures::StreamExt;
+
+mod common;
+use common::{counting_waker, WakeCounter};
 
 /// Upper bound for cross-thread waits; only guards against hangs, never asserted on.
 const BOUND: Duration = Duration::from_secs(30);
@@ -41,34 +44,6 @@ impl std::error::Error for Why {}
 
 #[derive(Debug)]
 struct Key;
-
-/// A waker that counts wake-ups; `Arc::strong_count` of the counter tells how many clones of
-/// the waker exist.
-#[derive(Default)]
-struct WakeCounter {
-    wakes: AtomicUsize,
-}
-
-impl WakeCounter {
-    fn wakes(&self) -> usize {
-        self.wakes.load(Ordering::SeqCst)
-    }
-}
-
-impl Wake for WakeCounter {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakes.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting_waker() -> (Arc<WakeCounter>, Waker) {
-    let counter = Arc::new(WakeCounter::default());
-    (counter.clone(), Waker::from(counter))
-}
 
 /// Waker clones held by someone other than the test (the counter and the test's waker are
 /// the two references the test owns).
