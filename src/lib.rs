@@ -131,17 +131,25 @@ extern crate std;
 mod after_func;
 mod context;
 mod error;
+mod group;
 mod node;
 mod panic;
+mod relay;
+mod sleep;
 mod state;
 mod sync;
 mod time;
 mod timer;
 mod wait;
+mod wait_group;
 
 pub use after_func::AfterFunc;
 pub use context::{CancelGuard, Context};
 pub use error::{Cause, Error, NoClockError};
+#[cfg(feature = "std")]
+pub use group::MemberPanicked;
+pub use group::{Group, GroupWait, Member};
+pub use sleep::Sleep;
 #[cfg(feature = "async-io")]
 pub use time::AsyncIoClock;
 #[cfg(feature = "std")]
@@ -150,6 +158,7 @@ pub use time::StdClock;
 pub use time::TokioClock;
 pub use time::{Clock, Instant, ManualClock, TimerKey};
 pub use wait::{Done, DoneOwned, Run};
+pub use wait_group::{Track, Wait, WaitGroup, WaitGuard};
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -11,9 +11,9 @@ pub(crate) use alloc::sync::Arc;
 pub(crate) use loom::sync::Arc;
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub(crate) use portable_atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use portable_atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 pub(crate) use mutex::{Mutex, MutexGuard};
 

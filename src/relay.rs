@@ -1,0 +1,219 @@
+//! Waiting on an `event_listener::Event` without handing it the user's waker.
+//!
+//! event-listener calls a listener's waker while it holds the event's list lock. A user waker
+//! that panics there unwinds through event-listener mid-notification (the remaining listeners
+//! are not woken, its notified count is left wrong), and a waker that re-enters the same
+//! event (polls another waiter inline) deadlocks on that lock. The group primitives therefore
+//! register a [`Relay`] with the event instead. The relay's `wake` never runs user code while
+//! a crate call into the event is in progress: it only parks the task's waker on this thread's
+//! deferred list, and [`deferred_wakes`] (wrapped around every such call: `notify`, listener
+//! drops) wakes them once the call has returned, each under `catch_unwind`, and then resumes
+//! the first panic. So every waiter is woken even when some wakers panic.
+//!
+//! Without `std` (no thread-locals, no `catch_unwind`) and under loom (whose threads share an
+//! OS thread) the relay wakes the task directly.
+
+use alloc::sync::Arc;
+use alloc::task::Wake;
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll, Waker};
+
+use event_listener::{Event, EventListener};
+
+use crate::sync::Mutex;
+
+/// The waker event-listener holds: it forwards to the task's latest waker.
+#[derive(Default)]
+pub(crate) struct Relay {
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let task = self.task.lock().clone();
+        if let Some(task) = task {
+            defer_or_wake(task);
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+mod deferred {
+    use core::cell::RefCell;
+    use core::task::Waker;
+    use std::vec::Vec;
+
+    std::thread_local! {
+        /// `Some` while a crate call into an event is in progress on this thread.
+        static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn defer_or_wake(task: Waker) {
+        let mut task = Some(task);
+        let _ = DEFERRED.try_with(|d| {
+            if let Some(list) = d.borrow_mut().as_mut() {
+                list.extend(task.take());
+            }
+        });
+        if let Some(task) = task {
+            // Outside every crate call (event-listener never wakes on its own): wake at once,
+            // containing a panic so that it cannot unwind into event-listener.
+            let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+            drop(result);
+        }
+    }
+
+    /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them.
+    pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
+        let outermost = DEFERRED
+            .try_with(|d| {
+                let mut d = d.borrow_mut();
+                let outermost = d.is_none();
+                if outermost {
+                    *d = Some(Vec::new());
+                }
+                outermost
+            })
+            .unwrap_or(false);
+        if !outermost {
+            return f();
+        }
+        /// Wakes what was deferred even if `f` unwinds.
+        struct Flush;
+        impl Drop for Flush {
+            fn drop(&mut self) {
+                let tasks = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
+                let mut first_panic = None;
+                for task in tasks.into_iter().flatten() {
+                    let woken =
+                        std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+                    if let Err(payload) = woken {
+                        first_panic.get_or_insert(payload);
+                    }
+                }
+                if let Some(payload) = first_panic {
+                    if !std::thread::panicking() {
+                        std::panic::resume_unwind(payload);
+                    }
+                }
+            }
+        }
+        let flush = Flush;
+        let result = f();
+        drop(flush);
+        result
+    }
+}
+
+#[cfg(not(all(feature = "std", not(loom))))]
+mod deferred {
+    use core::task::Waker;
+
+    pub(super) fn defer_or_wake(task: Waker) {
+        task.wake();
+    }
+
+    pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+use deferred::defer_or_wake;
+pub(crate) use deferred::deferred_wakes;
+
+/// Wakes every listener of `event` (wakers run after the notification, panics contained).
+pub(crate) fn notify_all(event: &Event) {
+    deferred_wakes(|| event.notify(usize::MAX));
+}
+
+/// One waiter's registration on an event: the listener and the relay it is polled with.
+#[derive(Default)]
+pub(crate) struct Waiter {
+    listener: Option<EventListener>,
+    relay: Option<(Arc<Relay>, Waker)>,
+}
+
+impl Waiter {
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Starts listening to `event` (a new listener: an old one is dropped first).
+    pub(crate) fn listen(&mut self, event: &Event) {
+        self.clear();
+        self.listener = Some(event.listen());
+    }
+
+    /// Stops listening. A notification this listener had received is passed on to another
+    /// listener by event-listener; that wake-up is deferred like a notification's.
+    pub(crate) fn clear(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            deferred_wakes(|| drop(listener));
+        }
+    }
+
+    /// Polls the listener: `Ready` once notified (the listener is then gone), `Pending` with
+    /// the task's waker registered through the relay.
+    pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let Some(listener) = self.listener.as_mut() else { return Poll::Ready(()) };
+        let (relay, relay_waker) = self.relay.get_or_insert_with(|| {
+            let relay = Arc::new(Relay::default());
+            let waker = Waker::from(relay.clone());
+            (relay, waker)
+        });
+        {
+            let mut task = relay.task.lock();
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let mut relay_cx = TaskContext::from_waker(relay_waker);
+        match Pin::new(listener).poll(&mut relay_cx) {
+            Poll::Ready(()) => {
+                self.listener = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Blocks the thread until notified (std).
+    #[cfg(feature = "std")]
+    pub(crate) fn wait(&mut self) {
+        use event_listener::Listener;
+        if let Some(listener) = self.listener.take() {
+            listener.wait();
+        }
+    }
+
+    /// Blocks the thread until notified or `deadline`; `false` on timeout (std).
+    #[cfg(feature = "std")]
+    pub(crate) fn wait_deadline(&mut self, deadline: std::time::Instant) -> bool {
+        use event_listener::Listener;
+        match self.listener.take() {
+            Some(listener) => match listener.wait_deadline(deadline) {
+                Some(()) => true,
+                None => false,
+            },
+            None => true,
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter").field("listening", &self.is_listening()).finish()
+    }
+}
