@@ -419,10 +419,11 @@ impl<E> Drop for OwnedSlot<E> {
     }
 }
 
-impl<E> Shared<E> {
-    fn own(self: &Arc<Self>, slot: Slot<'_>) -> OwnedSlot<E> {
-        core::mem::forget(slot);
-        OwnedSlot { shared: self.clone() }
+impl<E> OwnedSlot<E> {
+    /// Moves `slot` into an owned slot of `shared`'s group.
+    fn new(shared: &Arc<Shared<E>>, slot: Slot<'_>) -> OwnedSlot<E> {
+        core::mem::forget(slot); // released by the owned slot's drop instead
+        OwnedSlot { shared: shared.clone() }
     }
 }
 
@@ -495,7 +496,7 @@ where
         slot: Option<Slot<'_>>,
         f: F,
     ) -> Member<E, F, Fut> {
-        let slot = slot.map(|slot| shared.own(slot));
+        let slot = slot.map(|slot| OwnedSlot::new(&shared, slot));
         Member {
             stage: Stage::Start(Some(f)),
             slot_waiter: Waiter::default(),
@@ -528,7 +529,7 @@ where
                         match this.shared.slots.try_acquire() {
                             Some(slot) => {
                                 this.slot_waiter.clear();
-                                this.slot = Some(this.shared.own(slot));
+                                this.slot = Some(OwnedSlot::new(&this.shared, slot));
                             }
                             None if this.slot_waiter.is_listening() => {
                                 match this.slot_waiter.poll(cx) {
@@ -782,7 +783,7 @@ mod threads {
             F: FnOnce(Context) -> Result<(), E> + Send + 'static,
         {
             let Some(slot) = self.shared.slots.try_acquire() else { return false };
-            let slot = self.shared.own(slot);
+            let slot = OwnedSlot::new(&self.shared, slot);
             let count = self.shared.members.add();
             self.spawn(count, slot, f);
             true
@@ -811,7 +812,7 @@ mod threads {
             let mut waiter = Waiter::default();
             loop {
                 if let Some(slot) = slots.try_acquire() {
-                    return self.shared.own(slot);
+                    return OwnedSlot::new(&self.shared, slot);
                 }
                 if waiter.is_listening() {
                     waiter.wait();
