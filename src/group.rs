@@ -84,7 +84,7 @@ const UNLIMITED: usize = usize::MAX;
 /// async fn fetch(ctx: Context, url: &'static str) -> Result<(), FetchError> {
 ///     // A stand-in for an HTTP request bounded by `ctx`.
 ///     match ctx.sleep(Duration::from_millis(1)).await {
-///         Ok(()) if url.ends_with(".invalid") => Err(FetchError(url.into())),
+///         Ok(()) if url.contains(".invalid") => Err(FetchError(url.into())),
 ///         Ok(()) => Ok(()),
 ///         Err(_cancelled) => Ok(()), // another fetch failed: stop quietly
 ///     }

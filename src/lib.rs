@@ -74,6 +74,9 @@
 //! | `ctx.Err()`, `Cause(ctx)`, `ctx.Deadline()` | [`Context::err`], [`Context::cause`], [`Context::deadline`] |
 //! | `context.Canceled`, `DeadlineExceeded` | [`Error::Canceled`], [`Error::DeadlineExceeded`] |
 //! | `select { case <-ctx.Done(): ... case v := <-work: ... }` | [`Context::run`]`(work)` |
+//! | `select { case <-ctx.Done(): case <-time.After(d): }` | [`Context::sleep`]`(d).await` (`Err` if the context ends first) |
+//! | `sync.WaitGroup`: `wg.Add(1)`, `defer wg.Done()`, `wg.Wait()` | [`WaitGroup`]: `let done = wg.add();` (drop = `Done`), [`wg.wait().await`](WaitGroup::wait), `wait_blocking()` |
+//! | `g, ctx := errgroup.WithContext(ctx)`, `g.Go(f)`, `g.SetLimit(n)`, `g.Wait()` | [`Group::new`]`(&ctx)`, [`group.go(f)`](Group::go) (spawn it) / `go_thread(f)`, [`set_limit`](Group::set_limit), [`wait`](Group::wait) |
 //!
 //! Where Rust does better than Go: a forgotten cancel cannot leak (the guard cancels on
 //! drop, and dropped contexts unlink themselves); `err()` is one atomic load; values are

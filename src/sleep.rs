@@ -40,6 +40,7 @@ impl Context {
     ///
     /// ```
     /// use cancelctx::{Context, Error, ManualClock};
+    /// use std::future::Future;
     /// use std::time::Duration;
     ///
     /// let clock = ManualClock::new();
