@@ -131,9 +131,12 @@ extern crate std;
 mod after_func;
 mod context;
 mod error;
+mod identity;
+mod linked;
 mod node;
 mod panic;
 mod state;
+mod stream;
 mod sync;
 mod time;
 mod timer;
@@ -142,6 +145,7 @@ mod wait;
 pub use after_func::AfterFunc;
 pub use context::{CancelGuard, Context};
 pub use error::{Cause, Error, NoClockError};
+pub use stream::{TakeUntilDone, Timeout};
 #[cfg(feature = "async-io")]
 pub use time::AsyncIoClock;
 #[cfg(feature = "std")]
