@@ -140,6 +140,8 @@ mod stream;
 mod sync;
 mod time;
 mod timer;
+#[cfg(feature = "tokio-util")]
+mod tokio_util;
 mod wait;
 
 pub use after_func::AfterFunc;
@@ -153,6 +155,8 @@ pub use time::StdClock;
 #[cfg(feature = "tokio")]
 pub use time::TokioClock;
 pub use time::{Clock, Instant, ManualClock, TimerKey};
+#[cfg(feature = "tokio-util")]
+pub use tokio_util::{BoundToken, TokenCancelled};
 pub use wait::{Done, DoneOwned, Run};
 
 /// The README's examples are compiled and run as doc tests.
