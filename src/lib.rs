@@ -135,6 +135,8 @@ mod identity;
 mod linked;
 mod node;
 mod panic;
+#[cfg(feature = "signal")]
+mod signal;
 mod state;
 mod stream;
 mod sync;
@@ -147,6 +149,8 @@ mod wait;
 pub use after_func::AfterFunc;
 pub use context::{CancelGuard, Context};
 pub use error::{Cause, Error, NoClockError};
+#[cfg(feature = "signal")]
+pub use signal::{Signal, SignalGuard, SignalReceived};
 pub use stream::{TakeUntilDone, Timeout};
 #[cfg(feature = "async-io")]
 pub use time::AsyncIoClock;
