@@ -755,3 +755,23 @@ impl fmt::Debug for CancelGuard {
         f.debug_struct("CancelGuard").field("is_done", &self.is_done()).finish()
     }
 }
+
+// Crate-internal access for the modules built on the public API (`linked.rs`): kept at the
+// end of the file so it stays a separate hunk.
+impl Context {
+    pub(crate) fn deadline_meta(&self) -> Option<&Meta> {
+        self.deadline_node()
+    }
+
+    pub(crate) fn tree_clock(&self) -> Option<&ClockRef> {
+        self.clock_ref()
+    }
+
+    pub(crate) fn child_with_deadline(
+        &self,
+        deadline: Instant,
+        cause: Option<Cause>,
+    ) -> Result<(Context, CancelGuard), NoClockError> {
+        self.deadline_child(deadline, cause)
+    }
+}
