@@ -113,6 +113,15 @@
 //!   for callbacks. Without it the crate is `#![no_std]` + `alloc`; its internal lock spins.
 //! - `tokio`: `TokioClock`.
 //! - `async-io`: `AsyncIoClock`.
+//! - `http`: module [`http`](crate::http): deadlines across processes as the `grpc-timeout`
+//!   header ([`encode_grpc_timeout`](crate::http::encode_grpc_timeout),
+//!   [`inject_deadline`](crate::http::inject_deadline),
+//!   [`extract_deadline`](crate::http::extract_deadline)); what crosses the wire and what
+//!   does not.
+//! - `tower` (implies `http`): module [`tower`](crate::tower): `ContextLayer`, a context per
+//!   server request (hyper, axum, tonic), and `PropagateLayer` for outgoing calls; the
+//!   mapping from Go's `r.Context()`.
+//! - `axum` (implies `tower`): `Context` is an axum extractor.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
@@ -129,14 +138,23 @@ extern crate alloc;
 extern crate std;
 
 mod after_func;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 mod context;
 mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod node;
 mod panic;
 mod state;
 mod sync;
 mod time;
 mod timer;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod wait;
 
 pub use after_func::AfterFunc;
