@@ -4,18 +4,28 @@
 //! request's context as an argument:
 //!
 //! ```
-//! use axum_core::response::IntoResponse;
-//! use cancelctx::Context;
+//! use axum::{routing::get, Router};
+//! use cancelctx::tower::ContextLayer;
+//! use cancelctx::{Context, ManualClock};
+//! use std::time::Duration;
+//! use tower::ServiceExt;
 //!
-//! async fn handler(ctx: Context) -> impl IntoResponse {
-//!     match ctx.remaining() {
-//!         Some(left) => format!("{left:?} left"),
-//!         None => "no deadline".to_owned(),
-//!     }
+//! async fn handler(ctx: Context) -> String {
+//!     // Hand `ctx` to the work this request starts: it ends with the request.
+//!     format!("{:?} left", ctx.remaining().unwrap())
 //! }
-//! // axum::Router::new()
-//! //     .route("/", axum::routing::get(handler))
-//! //     .layer(cancelctx::tower::ContextLayer::new(Context::background()));
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let root = Context::with_clock(ManualClock::new()); // Context::background() in production
+//! let app = Router::new()
+//!     .route("/", get(handler))
+//!     .layer(ContextLayer::new(root).timeout(Duration::from_secs(10)));
+//!
+//! let request = http::Request::get("/").body(axum::body::Body::empty())?;
+//! let response = app.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 //!
 //! Without the layer the extraction fails with [`MissingContextLayer`]: a `500 Internal
