@@ -74,6 +74,7 @@
 //! | `ctx.Err()`, `Cause(ctx)`, `ctx.Deadline()` | [`Context::err`], [`Context::cause`], [`Context::deadline`] |
 //! | `context.Canceled`, `DeadlineExceeded` | [`Error::Canceled`], [`Error::DeadlineExceeded`] |
 //! | `select { case <-ctx.Done(): ... case v := <-work: ... }` | [`Context::run`]`(work)` |
+//! | `r.Context()` (net/http), grpc-go's deadline propagation | `ContextLayer` / `PropagateLayer` (feature `tower`; its module docs map the rest) |
 //!
 //! Where Rust does better than Go: a forgotten cancel cannot leak (the guard cancels on
 //! drop, and dropped contexts unlink themselves); `err()` is one atomic load; values are
