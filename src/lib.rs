@@ -77,6 +77,7 @@
 //! | `select { case <-ctx.Done(): case <-time.After(d): }` | [`Context::sleep`]`(d).await` (`Err` if the context ends first) |
 //! | `sync.WaitGroup`: `wg.Add(1)`, `defer wg.Done()`, `wg.Wait()` | [`WaitGroup`]: `let done = wg.add();` (drop = `Done`), [`wg.wait().await`](WaitGroup::wait), `wait_blocking()` |
 //! | `g, ctx := errgroup.WithContext(ctx)`, `g.Go(f)`, `g.SetLimit(n)`, `g.Wait()` | [`Group::new`]`(&ctx)`, [`group.go(f)`](Group::go) (spawn it) / `go_thread(f)`, [`set_limit`](Group::set_limit), [`wait`](Group::wait) |
+//! | `r.Context()` (net/http), grpc-go's deadline propagation | `ContextLayer` / `PropagateLayer` (feature `tower`; its module docs map the rest) |
 //!
 //! Where Rust does better than Go: a forgotten cancel cannot leak (the guard cancels on
 //! drop, and dropped contexts unlink themselves); `err()` is one atomic load; values are
@@ -167,6 +168,15 @@
 //!   (`Context::with_token`, `Context::cancellation_token`).
 //! - `signal`: `Context::with_signals`, a context cancelled on Ctrl-C / SIGTERM (unix and
 //!   windows, on `signal-hook`).
+//! - `http`: module [`http`](crate::http): deadlines across processes as the `grpc-timeout`
+//!   header ([`encode_grpc_timeout`](crate::http::encode_grpc_timeout),
+//!   [`inject_deadline`](crate::http::inject_deadline),
+//!   [`extract_deadline`](crate::http::extract_deadline)); what crosses the wire and what
+//!   does not.
+//! - `tower` (implies `http`): module [`tower`](crate::tower): `ContextLayer`, a context per
+//!   server request (hyper, axum, tonic), and `PropagateLayer` for outgoing calls; the
+//!   mapping from Go's `r.Context()`.
+//! - `axum` (implies `tower`): `Context` is an axum extractor.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
@@ -183,11 +193,17 @@ extern crate alloc;
 extern crate std;
 
 mod after_func;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 mod context;
 mod error;
 mod group;
 mod identity;
 mod linked;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod node;
 mod panic;
 mod relay;
@@ -201,6 +217,9 @@ mod time;
 mod timer;
 #[cfg(feature = "tokio-util")]
 mod tokio_util;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod wait;
 mod wait_group;
 
