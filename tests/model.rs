@@ -123,6 +123,7 @@ fn op_mix_exercises_the_library() {
     assert!(total.callbacks_run > 0 && total.stops_won > 0, "{total:?}");
     assert!(total.done_before_teardown > 0 && total.max_depth >= 5, "{total:?}");
     assert!(total.wake_order_checks > 0, "{total:?}");
+    assert!(total.links > 0 && total.links_fired > 0, "{total:?}");
 }
 
 /// Runs `ops` with a bug planted in the model and returns whether the harness noticed.

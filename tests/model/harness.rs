@@ -394,6 +394,8 @@ pub struct Model {
     /// Timers fired so far.
     fired: usize,
     links: Vec<MLink>,
+    /// Links that fired so far.
+    links_fired: usize,
 }
 
 impl Model {
@@ -416,6 +418,7 @@ impl Model {
             was_alive: vec![true],
             fired: 0,
             links: Vec::new(),
+            links_fired: 0,
         }
     }
 
@@ -483,6 +486,7 @@ impl Model {
             })
             .collect();
         let mut out = vec![batch];
+        self.links_fired += fire.len();
         for link in fire {
             let (err, cause) = self.nodes[link.other].done.expect("its scope completed");
             out.extend(self.complete_all(link.child, err, cause));
@@ -877,6 +881,9 @@ pub struct Stats {
     pub max_depth: usize,
     /// (function, waiter) pairs of one completion checked for "woken before `f` ran".
     pub wake_order_checks: usize,
+    /// `with_linked` links registered, and how many of them fired (`other` ended first).
+    pub links: usize,
+    pub links_fired: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -891,6 +898,8 @@ impl std::ops::AddAssign for Stats {
         self.stops_won += o.stops_won;
         self.max_depth = self.max_depth.max(o.max_depth);
         self.wake_order_checks += o.wake_order_checks;
+        self.links += o.links;
+        self.links_fired += o.links_fired;
     }
 }
 
@@ -1548,6 +1557,8 @@ impl Harness {
     /// never run any more, drops the `AfterFunc` handles and the contexts; no timer may be left.
     fn teardown(mut self) -> Stats {
         self.stats.timers_fired = self.model.fired;
+        self.stats.links = self.model.links.len();
+        self.stats.links_fired = self.model.links_fired;
         self.clear_expected();
         for i in 0..self.handles.len() {
             if !self.handles[i].is_empty() {
