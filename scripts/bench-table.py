@@ -42,6 +42,8 @@ GROUPS = [
     ("blocking_wake_round_trip", "blocking wake-up round trip between two threads"),
     ("with_timeout_create_cancel", "`with_timeout` create + cancel"),
     ("value_lookup", "`value::<T>()` with the value N nodes up"),
+    ("linked_create_drop", "`with_linked` create + drop under two long-lived parents"),
+    ("bridge_create_drop", "tokio-util bridges: create + drop (feature `tokio-util`)"),
 ]
 
 

@@ -22,6 +22,12 @@
 //! Dropping a [`SignalGuard`] unregisters its context. signal-hook cannot hand the process's
 //! handler back to the operating system (its registry keeps its low-level handler installed),
 //! so "unregistered" means: when no guard is left, a signal gets its default action again.
+//!
+//! One interplay to know: other users of signal-hook's registry in the same process (for
+//! example `tokio::signal`) share that handler. While no guard is left, this crate's action
+//! runs the default action (terminating the process) even if such a user also listens for
+//! the signal. A program that handles Ctrl-C / SIGTERM elsewhere as well should keep a
+//! guard for as long as it wants to survive them (or not use this module).
 
 use alloc::format;
 use alloc::string::String;

@@ -116,7 +116,12 @@ impl TokenWaker {
         drop(future);
         if let Some(node) = self.child.scope() {
             let cause: Cause = Arc::new(TokenCancelled);
-            node.complete(Error::Canceled, Some(cause));
+            // We run inside tokio-util's `cancel()`, which may hold a parent token's lock: a
+            // panic of one of the child's `after_func` callbacks must not unwind through it
+            // (that would poison the whole token tree). The completion itself has finished
+            // when the panic is resumed, so dropping the panic loses nothing else.
+            let complete = || node.complete(Error::Canceled, Some(cause));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(complete));
         }
     }
 }
@@ -239,6 +244,9 @@ impl Context {
     /// the lock of a cancelled token's *parent* while it wakes a child token's waiters,
     /// `after_func` callbacks of this child must not call into the token's ancestors (for
     /// example `parent.is_cancelled()`): that would deadlock. Waking tasks is always fine.
+    /// For the same reason a panic of such a callback is contained and dropped there
+    /// (unwinding through tokio-util would poison its locks), unlike elsewhere in this crate
+    /// where it resumes on the cancelling thread.
     ///
     /// ```
     /// use cancelctx::{Context, Error};

@@ -450,3 +450,24 @@ async fn async_std() {
     assert_eq!(async_std::future::timeout(BOUND, task).await, Ok(Error::Canceled));
     assert_done(&c, Error::Canceled, Some("b"));
 }
+
+#[test]
+fn linking_to_an_ancestor_or_to_itself() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (server, stop) = Context::unclocked().with_cancel();
+    {
+        let (request, _gr) = server.with_value(DropCount(drops.clone())).with_cancel();
+        // `other` above `self`: the tree reaches the child first, the link loses quietly.
+        let (c, _gc) = request.with_linked(&server);
+        let (same, _gs) = request.with_linked(&request);
+        assert!(!c.is_done() && !same.is_done());
+    }
+    assert_eq!(drops.load(SeqCst), 1, "freed: no link keeps the request alive");
+
+    let (request, _gr) = server.with_cancel();
+    let (c, _gc) = request.with_linked(&server);
+    let (same, _gs) = request.with_linked(&request);
+    stop.cancel_with(Tag("server"));
+    assert_done(&c, Error::Canceled, Some("server"));
+    assert_done(&same, Error::Canceled, Some("server"));
+}

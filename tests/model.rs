@@ -70,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => sel().prop_map(|node| Op::Wait { node }),
         1 => sel().prop_map(|waiter| Op::PollWaiter { waiter }),
         1 => sel().prop_map(|waiter| Op::DropWaiter { waiter }),
+        3 => (sel(), sel()).prop_map(|(parent, other)| Op::Linked { parent, other }),
     ]
 }
 
@@ -122,6 +123,7 @@ fn op_mix_exercises_the_library() {
     assert!(total.callbacks_run > 0 && total.stops_won > 0, "{total:?}");
     assert!(total.done_before_teardown > 0 && total.max_depth >= 5, "{total:?}");
     assert!(total.wake_order_checks > 0, "{total:?}");
+    assert!(total.links > 0 && total.links_fired > 0, "{total:?}");
 }
 
 /// Runs `ops` with a bug planted in the model and returns whether the harness noticed.
@@ -151,7 +153,7 @@ fn detects(ops: &[Op], mutation: Mutation) -> bool {
 fn harness_catches_planted_model_bugs() {
     use Op::*;
     let d = Duration::from_nanos;
-    let cases: [(Mutation, Vec<Op>); 5] = [
+    let cases: [(Mutation, Vec<Op>); 6] = [
         // Cancel n1 with cause #5; its child n2 must report cause #5.
         (
             Mutation::ForgetInheritedCause,
@@ -186,6 +188,16 @@ fn harness_catches_planted_model_bugs() {
         ),
         // Dropping the guard cancels.
         (Mutation::GuardDropDoesNotCancel, vec![WithCancel { parent: 0 }, DropGuard { guard: 0 }]),
+        // n3 = n1.with_linked(n2): cancelling n2 ends n3.
+        (
+            Mutation::LinkIgnoresOther,
+            vec![
+                WithCancel { parent: 0 },
+                WithCancel { parent: 0 },
+                Linked { parent: 1, other: 2 },
+                Cancel { guard: 1 },
+            ],
+        ),
     ];
     for (mutation, ops) in cases {
         harness::run(&ops);

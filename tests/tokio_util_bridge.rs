@@ -181,3 +181,19 @@ async fn tokio_tasks_both_directions() {
     assert_eq!(tokio::time::timeout(BOUND, token_task).await.unwrap().unwrap(), None);
     drop(bound);
 }
+
+#[test]
+fn a_panicking_callback_does_not_poison_the_token_tree() {
+    // The child is completed inside tokio-util's `cancel()`, which holds the parent token's
+    // lock while it wakes a child token's waiters: a panic escaping there would poison it.
+    let parent = CancellationToken::new();
+    let token = parent.child_token();
+    let (ctx, _g) = Context::unclocked().with_token(&token);
+    let (sibling, _gs) = ctx.with_cancel();
+    let _h = ctx.after_func(|| panic!("hostile callback"));
+    parent.cancel(); // does not panic: the callback's panic is contained
+    assert_token_cancelled(&ctx);
+    assert_token_cancelled(&sibling);
+    assert!(parent.is_cancelled() && token.is_cancelled());
+    assert!(parent.child_token().is_cancelled(), "the token tree still works");
+}

@@ -32,6 +32,14 @@
 //!   reads `err`/`cause`, makes a born-done child, registers a nested `after_func`).
 //! - Waiters (`done_owned` polled `Pending`) are woken by the completion, before any `f` of
 //!   that completion runs.
+//! - `with_linked(other)` (`Op::Linked`): a cancel child of `parent` that also ends when
+//!   `other` ends, with `other`'s error and cause, first completion winning. Its deadline is
+//!   the earlier of both (one clock here): if `other`'s comes first, the child is made like a
+//!   deadline child at `other`'s deadline with the cause of `other`'s deadline owner. Born
+//!   done from `parent`, else from `other`. While the child's handle-level context (its
+//!   hidden value node) lives, a link registered on `other`'s scope holds the child's cancel
+//!   node and a clone of `other`; it fires when that scope completes and is stopped (for
+//!   good) when the child's handle-level context is released.
 //! - Resources: `clock.pending_timers()` equals the number of live deadline contexts that
 //!   still have a timer and are reachable (a handle, a guard, a waiter, a pending `after_func`
 //!   registration (not its handle) or a reachable descendant keeps a context and its
@@ -128,6 +136,8 @@ pub enum Op {
     PollWaiter { waiter: u8 },
     /// Drop a kept `DoneOwned`.
     DropWaiter { waiter: u8 },
+    /// `parent.with_linked(&other)`.
+    Linked { parent: u8, other: u8 },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -194,7 +204,8 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
     let mut ops = Vec::new();
     while r.pos < data.len() && ops.len() < MAX_OPS {
         let op = match r.byte() % 32 {
-            0 | 1 | 28 => Op::WithCancel { parent: r.byte() },
+            0 | 1 => Op::WithCancel { parent: r.byte() },
+            28 => Op::Linked { parent: r.byte(), other: r.byte() },
             2 => {
                 Op::WithValue { parent: r.byte(), key: r.byte() % KEYS, value: u32::from(r.byte()) }
             }
@@ -268,6 +279,7 @@ pub fn encode(ops: &[Op]) -> Vec<u8> {
             Op::Wait { node } => out.extend([25, node]),
             Op::PollWaiter { waiter } => out.extend([26, waiter]),
             Op::DropWaiter { waiter } => out.extend([27, waiter]),
+            Op::Linked { parent, other } => out.extend([28, parent, other]),
         }
     }
     out
@@ -314,6 +326,18 @@ struct MNode {
     handles: usize,
     /// The harness holds the guard.
     guard: bool,
+    /// Made by `with_linked` with a link registered: its handles point at a hidden value
+    /// node above the cancel node (which the guard and `after_func` registrations hold).
+    split: bool,
+}
+
+/// A `with_linked` registration on `other`'s scope.
+#[derive(Clone, Copy, Debug)]
+struct MLink {
+    child: usize,
+    other: usize,
+    /// Registered, neither fired nor stopped.
+    active: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +370,17 @@ struct MWaiter {
     held: bool,
 }
 
+/// [`Model::scope`] on a borrowed node list (for use while `links` is borrowed mutably).
+fn self_scope(nodes: &[MNode], mut i: usize) -> Option<usize> {
+    loop {
+        match nodes[i].kind {
+            Kind::Root | Kind::WithoutCancel => return None,
+            Kind::Cancel | Kind::Deadline { .. } => return Some(i),
+            Kind::Value { .. } => i = nodes[i].parent.expect("non-root"),
+        }
+    }
+}
+
 /// The reference model: a plain `Vec` of nodes; completions are pushed to the whole subtree
 /// at once.
 #[derive(Debug)]
@@ -358,6 +393,9 @@ pub struct Model {
     was_alive: Vec<bool>,
     /// Timers fired so far.
     fired: usize,
+    links: Vec<MLink>,
+    /// Links that fired so far.
+    links_fired: usize,
 }
 
 impl Model {
@@ -370,6 +408,7 @@ impl Model {
             timer: false,
             handles: 1,
             guard: false,
+            split: false,
         };
         Model {
             now: 0,
@@ -378,6 +417,8 @@ impl Model {
             waiters: Vec::new(),
             was_alive: vec![true],
             fired: 0,
+            links: Vec::new(),
+            links_fired: 0,
         }
     }
 
@@ -393,6 +434,64 @@ impl Model {
             Kind::Deadline { at, .. } => Some(at),
             Kind::Cancel | Kind::Value { .. } => self.deadline(n.parent.expect("non-root")),
         }
+    }
+
+    /// The node whose deadline `i` has (its own, or its nearest ancestor's with one).
+    fn deadline_owner(&self, i: usize) -> Option<usize> {
+        let n = &self.nodes[i];
+        match n.kind {
+            Kind::Root | Kind::WithoutCancel => None,
+            Kind::Deadline { .. } => Some(i),
+            Kind::Cancel | Kind::Value { .. } => self.deadline_owner(n.parent.expect("non-root")),
+        }
+    }
+
+    /// `parent.with_linked(&other)`; returns the new node and the completions it caused
+    /// (born done from `other`).
+    fn add_linked(&mut self, parent: usize, other: usize) -> (usize, Vec<Batch>) {
+        let owner =
+            if self.nodes[other].done.is_none() { self.deadline_owner(other) } else { None };
+        let i = match owner.map(|o| self.nodes[o].kind) {
+            Some(Kind::Deadline { at, cause }) => self.add_deadline(parent, at, cause),
+            _ => self.add_cancel(parent),
+        };
+        let mut batches = Vec::new();
+        let Some(scope) = self.scope(other) else { return (i, batches) };
+        if self.nodes[i].done.is_some() {
+            return (i, batches);
+        }
+        match self.nodes[other].done {
+            Some((err, cause)) => batches = self.complete_all(i, err, cause),
+            None => {
+                debug_assert!(self.nodes[scope].done.is_none());
+                self.nodes[i].split = true;
+                self.links.push(MLink { child: i, other, active: true });
+            }
+        }
+        (i, batches)
+    }
+
+    /// [`complete`](Model::complete), then the links it fires (each completing its child
+    /// from inside this completion's callbacks), recursively.
+    fn complete_all(&mut self, i: usize, err: Error, cause: MCause) -> Vec<Batch> {
+        let batch = self.complete(i, err, cause);
+        let fire: Vec<MLink> = self
+            .links
+            .iter_mut()
+            .filter(|l| l.active)
+            .filter(|l| batch.0.iter().any(|&c| Some(c) == self_scope(&self.nodes, l.other)))
+            .map(|l| {
+                l.active = false;
+                *l
+            })
+            .collect();
+        let mut out = vec![batch];
+        self.links_fired += fire.len();
+        for link in fire {
+            let (err, cause) = self.nodes[link.other].done.expect("its scope completed");
+            out.extend(self.complete_all(link.child, err, cause));
+        }
+        out
     }
 
     /// The nearest cancellable node at or above `i`, if the context can be done at all.
@@ -435,6 +534,7 @@ impl Model {
             timer: false,
             handles: 1,
             guard,
+            split: false,
         });
         self.nodes[parent].children.push(i);
         self.was_alive.push(true);
@@ -518,7 +618,7 @@ impl Model {
             self.fired += 1;
             let Kind::Deadline { cause, .. } = self.nodes[i].kind else { unreachable!() };
             let cause = cause.map_or(MCause::Err(Error::DeadlineExceeded), MCause::Id);
-            ran.push(self.complete(i, Error::DeadlineExceeded, cause));
+            ran.extend(self.complete_all(i, Error::DeadlineExceeded, cause));
         }
         ran
     }
@@ -552,35 +652,62 @@ impl Model {
         }
     }
 
-    /// Which contexts the library must still hold in memory.
-    fn alive(&self) -> Vec<bool> {
-        let mut alive: Vec<bool> = self.nodes.iter().map(|n| n.handles > 0 || n.guard).collect();
+    /// Which contexts the library must still hold in memory, and which split (linked)
+    /// nodes still have their handle-level context (the hidden value node).
+    fn alive(&self) -> (Vec<bool>, Vec<bool>) {
+        let n = self.nodes.len();
+        // `direct`: something holds the context users see (for a split node: its value
+        // node); `cancel`: something holds only the cancel node (guard, registrations).
+        let mut direct: Vec<bool> = self.nodes.iter().map(|n| n.handles > 0).collect();
+        let mut cancel: Vec<bool> = self.nodes.iter().map(|n| n.guard).collect();
         for w in &self.waiters {
             if w.held {
-                alive[w.node] = true; // a `DoneOwned` holds a clone
+                direct[w.node] = true; // a `DoneOwned` holds a clone
             }
         }
         for af in &self.afs {
             // Documented (`AfterFunc`): the registration, not the handle, keeps the context
             // alive until `f` runs or is stopped; the closure keeps what it captured.
             if af.reg == Reg::Pending {
-                alive[af.scope.expect("pending has a scope")] = true;
+                cancel[af.scope.expect("pending has a scope")] = true;
                 if af.capture {
-                    alive[af.node] = true;
+                    direct[af.node] = true;
                 }
             }
         }
-        // Every context holds its parent; children come after their parents in the Vec.
-        for i in (1..self.nodes.len()).rev() {
-            if alive[i] {
-                alive[self.nodes[i].parent.expect("non-root")] = true;
+        for link in self.links.iter().filter(|l| l.active) {
+            // The registration's closure holds the child's cancel node and a clone of
+            // `other`; the registration itself holds `other`'s scope.
+            cancel[link.child] = true;
+            direct[link.other] = true;
+        }
+        // Every context holds its parent; children come after their parents in the Vec (a
+        // link's `other` too, so it is marked before it is visited).
+        let mut alive = vec![false; n];
+        for i in (0..n).rev() {
+            alive[i] = direct[i] || cancel[i];
+            if alive[i] && i > 0 {
+                direct[self.nodes[i].parent.expect("non-root")] = true;
             }
         }
-        alive
+        (alive, direct)
     }
 
     fn pending_timers(&mut self) -> usize {
-        let alive = self.alive();
+        // A link whose child's handle-level context was released has been stopped, for good.
+        let alive = loop {
+            let (alive, direct) = self.alive();
+            let mut changed = false;
+            for link in self.links.iter_mut().filter(|l| l.active) {
+                if !direct[link.child] {
+                    link.active = false;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break alive;
+            }
+        };
         for (i, (&now, was)) in alive.iter().zip(&mut self.was_alive).enumerate() {
             assert!(!now || *was, "model bug: context n{i} came back to life");
             *was = now;
@@ -712,6 +839,8 @@ pub enum Mutation {
     IgnoreParentDeadline,
     /// Dropping a guard does not cancel.
     GuardDropDoesNotCancel,
+    /// `with_linked` children ignore their second parent.
+    LinkIgnoresOther,
 }
 
 /// How to run.
@@ -752,6 +881,9 @@ pub struct Stats {
     pub max_depth: usize,
     /// (function, waiter) pairs of one completion checked for "woken before `f` ran".
     pub wake_order_checks: usize,
+    /// `with_linked` links registered, and how many of them fired (`other` ended first).
+    pub links: usize,
+    pub links_fired: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -766,6 +898,8 @@ impl std::ops::AddAssign for Stats {
         self.stops_won += o.stops_won;
         self.max_depth = self.max_depth.max(o.max_depth);
         self.wake_order_checks += o.wake_order_checks;
+        self.links += o.links;
+        self.links_fired += o.links_fired;
     }
 }
 
@@ -862,6 +996,9 @@ impl Harness {
                 (Some(x), None) => {
                     let _ = write!(msg, " on {a}{x}");
                 }
+                (Some(x), Some(y)) if matches!(op, Op::Linked { .. }) => {
+                    let _ = write!(msg, " on {a}{x} linked to n{y}");
+                }
                 (Some(x), Some(y)) => {
                     let _ = write!(msg, " on {a}{x} with the cause of n{y}");
                 }
@@ -875,9 +1012,12 @@ impl Harness {
         for (i, n) in self.model.nodes.iter().enumerate() {
             let _ = writeln!(
                 msg,
-                "  n{i}: parent={:?} kind={:?} done={:?} timer={} handles={} guard={}",
-                n.parent, n.kind, n.done, n.timer, n.handles, n.guard
+                "  n{i}: parent={:?} kind={:?} done={:?} timer={} handles={} guard={} split={}",
+                n.parent, n.kind, n.done, n.timer, n.handles, n.guard, n.split
             );
+        }
+        for link in &self.model.links {
+            let _ = writeln!(msg, "  {link:?}");
         }
         for (i, af) in self.model.afs.iter().enumerate() {
             let _ = writeln!(msg, "  af{i}: {af:?}");
@@ -915,15 +1055,16 @@ impl Harness {
 
     fn model_complete(&mut self, i: usize, err: Error, cause: MCause) {
         if self.mutated(Mutation::ForgetInheritedCause) && self.model.nodes[i].done.is_none() {
-            let batch = self.model.complete(i, err, MCause::Err(err));
+            let batches = self.model.complete_all(i, err, MCause::Err(err));
             if let Some(done) = &mut self.model.nodes[i].done {
                 done.1 = cause;
             }
-            self.expect(batch);
+            batches.into_iter().for_each(|b| self.expect(b));
             return;
         }
-        let batch = self.model.complete(i, err, cause);
-        self.expect(batch);
+        for batch in self.model.complete_all(i, err, cause) {
+            self.expect(batch);
+        }
     }
 
     fn expect(&mut self, batch: Batch) {
@@ -996,6 +1137,21 @@ impl Harness {
                 let i = self.model.add_value(p, key, value);
                 r.new = Some(i);
                 self.adopt(i, ctx, None);
+            }
+            Op::Linked { parent, other } => {
+                let Some(p) = self.pick_node(parent) else { return r };
+                let Some(o) = self.pick_node(other) else { return r };
+                r.a = Some(p);
+                r.b = Some(o);
+                let (ctx, guard) = self.ctx(p).with_linked(self.ctx(o));
+                let (i, batches) = if self.mutated(Mutation::LinkIgnoresOther) {
+                    (self.model.add_cancel(p), Vec::new())
+                } else {
+                    self.model.add_linked(p, o)
+                };
+                batches.into_iter().for_each(|b| self.expect(b));
+                r.new = Some(i);
+                self.adopt(i, ctx, Some(guard));
             }
             Op::WithoutCancel { parent } => {
                 let Some(p) = self.pick_node(parent) else { return r };
@@ -1401,6 +1557,8 @@ impl Harness {
     /// never run any more, drops the `AfterFunc` handles and the contexts; no timer may be left.
     fn teardown(mut self) -> Stats {
         self.stats.timers_fired = self.model.fired;
+        self.stats.links = self.model.links.len();
+        self.stats.links_fired = self.model.links_fired;
         self.clear_expected();
         for i in 0..self.handles.len() {
             if !self.handles[i].is_empty() {
