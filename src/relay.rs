@@ -36,7 +36,8 @@ impl Wake for Relay {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let task = self.task.lock().clone();
+        // Taken: the task's next poll registers its waker again.
+        let task = self.task.lock().take();
         if let Some(task) = task {
             defer_or_wake(task);
         }
@@ -45,22 +46,23 @@ impl Wake for Relay {
 
 #[cfg(all(feature = "std", not(loom)))]
 mod deferred {
-    use core::cell::RefCell;
+    use core::cell::{Cell, RefCell};
     use core::task::Waker;
     use std::vec::Vec;
 
     std::thread_local! {
-        /// `Some` while a crate call into an event is in progress on this thread.
-        static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+        /// `true` while a crate call into an event is in progress on this thread.
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+        /// The wakes deferred by that call. The buffer is kept between calls, so a steady
+        /// state allocates nothing.
+        static DEFERRED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(super) fn defer_or_wake(task: Waker) {
         let mut task = Some(task);
-        let _ = DEFERRED.try_with(|d| {
-            if let Some(list) = d.borrow_mut().as_mut() {
-                list.extend(task.take());
-            }
-        });
+        if ACTIVE.try_with(Cell::get).unwrap_or(false) {
+            let _ = DEFERRED.try_with(|d| d.borrow_mut().extend(task.take()));
+        }
         if let Some(task) = task {
             // Outside every crate call (event-listener never wakes on its own): wake at once,
             // containing a panic so that it cannot unwind into event-listener.
@@ -71,32 +73,31 @@ mod deferred {
 
     /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them.
     pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-        let outermost = DEFERRED
-            .try_with(|d| {
-                let mut d = d.borrow_mut();
-                let outermost = d.is_none();
-                if outermost {
-                    *d = Some(Vec::new());
-                }
-                outermost
-            })
-            .unwrap_or(false);
+        let outermost = ACTIVE.try_with(|a| !a.replace(true)).unwrap_or(false);
         if !outermost {
             return f();
         }
-        /// Wakes what was deferred even if `f` unwinds.
+        /// Wakes what was deferred, also if `f` unwinds.
         struct Flush;
         impl Drop for Flush {
             fn drop(&mut self) {
-                let tasks = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
+                // A waker run below may call into an event again: that call is then the
+                // outermost one and flushes (everything deferred so far) itself.
+                let _ = ACTIVE.try_with(|a| a.set(false));
                 let mut first_panic = None;
-                for task in tasks.into_iter().flatten() {
+                while let Some(task) = DEFERRED.try_with(|d| d.borrow_mut().pop()).ok().flatten() {
                     let woken =
                         std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
                     if let Err(payload) = woken {
                         first_panic.get_or_insert(payload);
                     }
                 }
+                let _ = DEFERRED.try_with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.capacity() > 1024 {
+                        d.shrink_to(64); // after a wake of very many waiters
+                    }
+                });
                 if let Some(payload) = first_panic {
                     if !std::thread::panicking() {
                         std::panic::resume_unwind(payload);
