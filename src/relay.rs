@@ -22,43 +22,41 @@ use core::task::{Context as TaskContext, Poll, Waker};
 
 use event_listener::{Event, EventListener};
 
-use crate::sync::Mutex;
-
-/// The waker event-listener holds: it forwards to the task's latest waker.
-#[derive(Default)]
+/// The waker event-listener holds: it forwards to one task waker. A task that polls with a
+/// different waker gets a new relay (task wakers rarely change), so the relay needs no lock.
 pub(crate) struct Relay {
-    task: Mutex<Option<Waker>>,
+    task: Waker,
 }
 
 impl Wake for Relay {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        // event-listener wakes by value: the relay itself goes on the deferred list, so
+        // this costs no reference-count traffic.
+        defer_or_wake(self);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Taken: the task's next poll registers its waker again.
-        let task = self.task.lock().take();
-        if let Some(task) = task {
-            defer_or_wake(task);
-        }
+        defer_or_wake(self.clone());
     }
 }
 
 #[cfg(all(feature = "std", not(loom)))]
 mod deferred {
+    use alloc::sync::Arc;
     use core::cell::{Cell, RefCell};
-    use core::task::Waker;
     use std::vec::Vec;
+
+    use super::Relay;
 
     std::thread_local! {
         /// `true` while a crate call into an event is in progress on this thread.
         static ACTIVE: Cell<bool> = const { Cell::new(false) };
         /// The wakes deferred by that call. The buffer is kept between calls, so a steady
         /// state allocates nothing.
-        static DEFERRED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+        static DEFERRED: RefCell<Vec<Arc<Relay>>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub(super) fn defer_or_wake(task: Waker) {
+    pub(super) fn defer_or_wake(task: Arc<Relay>) {
         let mut task = Some(task);
         if ACTIVE.try_with(Cell::get).unwrap_or(false) {
             let _ = DEFERRED.try_with(|d| d.borrow_mut().extend(task.take()));
@@ -66,7 +64,8 @@ mod deferred {
         if let Some(task) = task {
             // Outside every crate call (event-listener never wakes on its own): wake at once,
             // containing a panic so that it cannot unwind into event-listener.
-            let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+            let result =
+                std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.task.wake_by_ref()));
             drop(result);
         }
     }
@@ -84,20 +83,29 @@ mod deferred {
                 // A waker run below may call into an event again: that call is then the
                 // outermost one and flushes (everything deferred so far) itself.
                 let _ = ACTIVE.try_with(|a| a.set(false));
+                let mut tasks = DEFERRED
+                    .try_with(|d| core::mem::take(&mut *d.borrow_mut()))
+                    .unwrap_or_default();
                 let mut first_panic = None;
-                while let Some(task) = DEFERRED.try_with(|d| d.borrow_mut().pop()).ok().flatten() {
-                    let woken =
-                        std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+                for task in tasks.drain(..) {
+                    let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+                        task.task.wake_by_ref();
+                    }));
                     if let Err(payload) = woken {
                         first_panic.get_or_insert(payload);
                     }
                 }
-                let _ = DEFERRED.try_with(|d| {
-                    let mut d = d.borrow_mut();
-                    if d.capacity() > 1024 {
-                        d.shrink_to(64); // after a wake of very many waiters
-                    }
-                });
+                // Keep the buffer for the next wake (re-growing it for every wake of
+                // thousands of waiters costs page faults), unless it is past 1 MiB.
+                if tasks.capacity() <= 65_536 {
+                    let _ = DEFERRED.try_with(|d| {
+                        let mut d = d.borrow_mut();
+                        if d.capacity() < tasks.capacity() {
+                            d.append(&mut tasks);
+                            core::mem::swap(&mut *d, &mut tasks);
+                        }
+                    });
+                }
                 if let Some(payload) = first_panic {
                     if !std::thread::panicking() {
                         std::panic::resume_unwind(payload);
@@ -114,10 +122,12 @@ mod deferred {
 
 #[cfg(not(all(feature = "std", not(loom))))]
 mod deferred {
-    use core::task::Waker;
+    use alloc::sync::Arc;
 
-    pub(super) fn defer_or_wake(task: Waker) {
-        task.wake();
+    use super::Relay;
+
+    pub(super) fn defer_or_wake(task: Arc<Relay>) {
+        task.task.wake_by_ref();
     }
 
     pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
@@ -137,6 +147,7 @@ pub(crate) fn notify_all(event: &Event) {
 #[derive(Default)]
 pub(crate) struct Waiter {
     listener: Option<EventListener>,
+    /// The relay, and a waker for it.
     relay: Option<(Arc<Relay>, Waker)>,
 }
 
@@ -163,18 +174,15 @@ impl Waiter {
     /// the task's waker registered through the relay.
     pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         let Some(listener) = self.listener.as_mut() else { return Poll::Ready(()) };
-        let (relay, relay_waker) = self.relay.get_or_insert_with(|| {
-            let relay = Arc::new(Relay::default());
-            let waker = Waker::from(relay.clone());
-            (relay, waker)
-        });
-        {
-            let mut task = relay.task.lock();
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
+        let relay = match &mut self.relay {
+            Some((relay, waker)) if relay.task.will_wake(cx.waker()) => waker,
+            slot => {
+                let relay = Arc::new(Relay { task: cx.waker().clone() });
+                let waker = Waker::from(relay.clone());
+                &mut slot.insert((relay, waker)).1
             }
-        }
-        let mut relay_cx = TaskContext::from_waker(relay_waker);
+        };
+        let mut relay_cx = TaskContext::from_waker(relay);
         match Pin::new(listener).poll(&mut relay_cx) {
             Poll::Ready(()) => {
                 self.listener = None;
