@@ -13,7 +13,7 @@ use crate::context::{CancelGuard, Context};
 use crate::error::Cause;
 use crate::relay::{deferred_wakes, Waiter};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
-use crate::wait_group::{Wait, WaitGroup, WaitGuard};
+use crate::wait_group::{WaitGroup, WaitGroupWait, WaitGuard};
 
 /// `limit` when there is none.
 const UNLIMITED: usize = usize::MAX;
@@ -167,6 +167,9 @@ impl<E: core::error::Error + Send + Sync + 'static> Group<E> {
     /// group's context, and runs the future `f` returns, recording its error. Spawn it on
     /// your executor or await it; it is `Send` when `F` and `Fut` are, and `'static` when they
     /// are. The member counts from this call until it finishes or is dropped.
+    ///
+    /// As in Go, `f` is called even if the group's context is already done (after an
+    /// error, or after `wait`): check the context it receives.
     ///
     /// ```
     /// use cancelctx::{Context, Group};
@@ -638,7 +641,7 @@ impl<E, F, Fut> fmt::Debug for Member<E, F, Fut> {
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct GroupWait<'a, E> {
     group: &'a Group<E>,
-    members: Wait<'a>,
+    members: WaitGroupWait<'a>,
     finished: bool,
 }
 

@@ -114,6 +114,10 @@
 //! - `std` *(enabled by default)*: [`Context::background`], [`StdClock`], blocking
 //!   [`wait`](Context::wait) / [`wait_timeout`](Context::wait_timeout), and panic isolation
 //!   for callbacks. Without it the crate is `#![no_std]` + `alloc`; its internal lock spins.
+//!   Also the blocking and thread parts of the groups: [`WaitGroup::wait_blocking`] /
+//!   [`wait_timeout`](WaitGroup::wait_timeout), [`Group::go_thread`] /
+//!   [`wait_blocking`](Group::wait_blocking), member panic capture ([`MemberPanicked`]) and
+//!   [`Context::block_on`]. [`WaitGroup`], [`Group`] and [`Context::sleep`] work without it.
 //! - `tokio`: `TokioClock`.
 //! - `async-io`: `AsyncIoClock`.
 #![no_std]
@@ -161,7 +165,7 @@ pub use time::StdClock;
 pub use time::TokioClock;
 pub use time::{Clock, Instant, ManualClock, TimerKey};
 pub use wait::{Done, DoneOwned, Run};
-pub use wait_group::{Track, Wait, WaitGroup, WaitGuard};
+pub use wait_group::{Track, WaitGroup, WaitGroupWait, WaitGuard};
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Duration;
 
-use cancelctx::{Track, Wait, WaitGroup, WaitGuard};
+use cancelctx::{Track, WaitGroup, WaitGroupWait, WaitGuard};
 use common::counting_waker;
 use futures::future::FusedFuture;
 use static_assertions::assert_impl_all;
 
 assert_impl_all!(WaitGroup: Send, Sync, Clone, Default, std::fmt::Debug, Unpin);
 assert_impl_all!(WaitGuard: Send, Sync, std::fmt::Debug);
-assert_impl_all!(Wait<'static>: Send, Sync, Unpin, Future<Output = ()>, FusedFuture, std::fmt::Debug);
+assert_impl_all!(WaitGroupWait<'static>: Send, Sync, Unpin, Future<Output = ()>, FusedFuture, std::fmt::Debug);
 assert_impl_all!(Track<std::future::Ready<u8>>: Send, Sync, Future<Output = u8>, FusedFuture, std::fmt::Debug);
 
 fn poll<F: Future + ?Sized>(fut: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
