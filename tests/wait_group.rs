@@ -368,3 +368,33 @@ fn a_reentrant_waker_does_not_deadlock() {
     assert!(reentrant.polled.load(Ordering::SeqCst));
     assert_eq!(poll(wait.as_mut(), &waker), Poll::Ready(()));
 }
+
+/// Repeated rounds of units finishing on several threads while blocking and async waiters
+/// wait on the same (reused) group: every waiter returns every round.
+#[test]
+fn reuse_under_concurrent_finishers_and_waiters() {
+    let wg = WaitGroup::new();
+    for _round in 0..100 {
+        let finishers: Vec<_> = (0..3)
+            .map(|_| {
+                let unit = wg.add();
+                std::thread::spawn(move || drop(unit))
+            })
+            .collect();
+        let blocking = {
+            let wg = wg.clone();
+            std::thread::spawn(move || wg.wait_blocking())
+        };
+        let polling = {
+            let wg = wg.clone();
+            std::thread::spawn(move || futures::executor::block_on(wg.wait()))
+        };
+        wg.wait_blocking();
+        blocking.join().unwrap();
+        polling.join().unwrap();
+        for f in finishers {
+            f.join().unwrap();
+        }
+        assert_eq!(wg.count(), 0);
+    }
+}
