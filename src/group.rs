@@ -349,6 +349,14 @@ where
     }
 }
 
+// A `Group` is observed only through atomics and locks whose data is never left half-updated
+// (panics of user code are caught, or resumed only after the state is recorded), so using it
+// after a caught panic is sound and sees consistent state: the same reasoning as
+// `std::sync::Mutex` without poisoning. The auto traits are lost only to the `dyn` cause,
+// clock and panic payload it holds.
+impl<E> core::panic::UnwindSafe for Group<E> {}
+impl<E> core::panic::RefUnwindSafe for Group<E> {}
+
 impl<E> Drop for Group<E> {
     /// Cancels the group's context: running members see it done; nobody waits for them.
     fn drop(&mut self) {

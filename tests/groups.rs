@@ -489,3 +489,5 @@ fn a_dropped_later_error_whose_drop_panics_is_contained() {
     let msg = resumed_panic(|| drop(futures::executor::block_on(group.wait())));
     assert_eq!(msg, "drop of a later error");
 }
+
+assert_impl_all!(Group<Tag>: std::panic::UnwindSafe, std::panic::RefUnwindSafe);

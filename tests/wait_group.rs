@@ -398,3 +398,5 @@ fn reuse_under_concurrent_finishers_and_waiters() {
         assert_eq!(wg.count(), 0);
     }
 }
+assert_impl_all!(WaitGroup: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+assert_impl_all!(WaitGuard: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
