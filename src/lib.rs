@@ -83,6 +83,18 @@
 //! typed; deadlines are testable with a manual clock; `after_func` runs inline on the
 //! completing thread instead of a new goroutine.
 //!
+//! # Groups of tasks
+//!
+//! A context says *when to stop*; something must also say *when everything has stopped*.
+//! [`WaitGroup`] is Go's `sync.WaitGroup` with guards: [`add`](WaitGroup::add) returns a
+//! [`WaitGuard`] whose drop is `Done()`, so a panic or early return cannot leave a waiter
+//! hanging. [`Group`] is `errgroup.WithContext`: members get the group's context, the first
+//! error cancels the others and is returned by [`wait`](Group::wait), limits bound how many
+//! run, and member panics are resumed by `wait`. [`Context::sleep`] is the worker's
+//! `select { case <-ctx.Done(): case <-time.After(d): }`, and [`Context::block_on`] lets a
+//! plain thread wait for any future under a context. None of them picks an executor:
+//! members and tracked futures are spawned by you (`examples/worker.rs` shows both patterns).
+//!
 //! # Time
 //!
 //! Each tree reads time from its root's [`Clock`]. [`Instant`]s are points on that clock.
