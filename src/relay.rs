@@ -48,19 +48,27 @@ mod deferred {
 
     use super::Relay;
 
-    std::thread_local! {
+    /// This thread's deferred wakes.
+    struct Deferred {
         /// `true` while a crate call into an event is in progress on this thread.
-        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+        active: Cell<bool>,
         /// The wakes deferred by that call. The buffer is kept between calls, so a steady
         /// state allocates nothing.
-        static DEFERRED: RefCell<Vec<Arc<Relay>>> = const { RefCell::new(Vec::new()) };
+        list: RefCell<Vec<Arc<Relay>>>,
+    }
+
+    std::thread_local! {
+        static DEFERRED: Deferred =
+            const { Deferred { active: Cell::new(false), list: RefCell::new(Vec::new()) } };
     }
 
     pub(super) fn defer_or_wake(task: Arc<Relay>) {
         let mut task = Some(task);
-        if ACTIVE.try_with(Cell::get).unwrap_or(false) {
-            let _ = DEFERRED.try_with(|d| d.borrow_mut().extend(task.take()));
-        }
+        let _ = DEFERRED.try_with(|d| {
+            if d.active.get() {
+                d.list.borrow_mut().extend(task.take());
+            }
+        });
         if let Some(task) = task {
             // Outside every crate call (event-listener never wakes on its own): wake at once,
             // containing a panic so that it cannot unwind into event-listener.
@@ -72,7 +80,7 @@ mod deferred {
 
     /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them.
     pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-        let outermost = ACTIVE.try_with(|a| !a.replace(true)).unwrap_or(false);
+        let outermost = DEFERRED.try_with(|d| !d.active.replace(true)).unwrap_or(false);
         if !outermost {
             return f();
         }
@@ -82,9 +90,11 @@ mod deferred {
             fn drop(&mut self) {
                 // A waker run below may call into an event again: that call is then the
                 // outermost one and flushes (everything deferred so far) itself.
-                let _ = ACTIVE.try_with(|a| a.set(false));
                 let mut tasks = DEFERRED
-                    .try_with(|d| core::mem::take(&mut *d.borrow_mut()))
+                    .try_with(|d| {
+                        d.active.set(false);
+                        core::mem::take(&mut *d.list.borrow_mut())
+                    })
                     .unwrap_or_default();
                 let mut first_panic = None;
                 for task in tasks.drain(..) {
@@ -99,10 +109,10 @@ mod deferred {
                 // thousands of waiters costs page faults), unless it is past 1 MiB.
                 if tasks.capacity() <= 65_536 {
                     let _ = DEFERRED.try_with(|d| {
-                        let mut d = d.borrow_mut();
-                        if d.capacity() < tasks.capacity() {
-                            d.append(&mut tasks);
-                            core::mem::swap(&mut *d, &mut tasks);
+                        let mut list = d.list.borrow_mut();
+                        if list.capacity() < tasks.capacity() {
+                            list.append(&mut tasks);
+                            core::mem::swap(&mut *list, &mut tasks);
                         }
                     });
                 }
