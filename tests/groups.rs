@@ -491,3 +491,30 @@ fn a_dropped_later_error_whose_drop_panics_is_contained() {
 }
 
 assert_impl_all!(Group<Tag>: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+
+/// Aborting a member's task on tokio drops its future: its slot goes to the queued member
+/// and its count is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_an_aborted_member_frees_its_slot_and_count() {
+    let group: Group<Tag> = Group::new(&Context::background());
+    group.set_limit(Some(1));
+    let (started_tx, started_rx) = futures::channel::oneshot::channel::<()>();
+    let stuck = tokio::spawn(group.go(move |_ctx| async move {
+        let _ = started_tx.send(());
+        std::future::pending().await
+    }));
+    started_rx.await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran2 = ran.clone();
+    let queued = tokio::spawn(group.go(move |_ctx| async move {
+        ran2.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    assert_eq!(group.members(), 2);
+    stuck.abort();
+    assert!(stuck.await.unwrap_err().is_cancelled());
+    queued.await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    group.wait().await.unwrap();
+    assert_eq!(group.members(), 0);
+}

@@ -400,3 +400,15 @@ fn reuse_under_concurrent_finishers_and_waiters() {
 }
 assert_impl_all!(WaitGroup: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
 assert_impl_all!(WaitGuard: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+
+/// `track` on tokio: an aborted task's future is dropped, which finishes its unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_an_aborted_tracked_task_finishes_its_unit() {
+    let wg = WaitGroup::new();
+    let task = tokio::spawn(wg.track(std::future::pending::<()>()));
+    assert_eq!(wg.count(), 1);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    wg.wait().await;
+    assert_eq!(wg.count(), 0);
+}
