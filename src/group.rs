@@ -13,7 +13,7 @@ use crate::context::{CancelGuard, Context};
 use crate::error::Cause;
 use crate::relay::{deferred_wakes, Waiter};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
-use crate::wait_group::{Wait, WaitGroup, WaitGuard};
+use crate::wait_group::{WaitGroup, WaitGroupWait, WaitGuard};
 
 /// `limit` when there is none.
 const UNLIMITED: usize = usize::MAX;
@@ -57,7 +57,9 @@ const UNLIMITED: usize = usize::MAX;
 /// # Panics
 ///
 /// With `std`, a member that panics (a thread, or a member future's `poll`, or its function,
-/// or its `Drop` when it finishes) does not unwind into your executor: the group's context is
+/// or its `Drop` when it finishes; also user code the group runs on a member's behalf: an
+/// `after_func` callback on the group's context run by the member's error, or the `Drop` of a
+/// later error) does not unwind into your executor: the group's context is
 /// cancelled with [`MemberPanicked`] as the cause, the other members carry on until they see
 /// it, and `wait` / `wait_blocking` resume the first panic once every member has finished
 /// (the convention of `std::thread::scope`; Go's errgroup lets it crash the process). Without
@@ -167,6 +169,9 @@ impl<E: core::error::Error + Send + Sync + 'static> Group<E> {
     /// group's context, and runs the future `f` returns, recording its error. Spawn it on
     /// your executor or await it; it is `Send` when `F` and `Fut` are, and `'static` when they
     /// are. The member counts from this call until it finishes or is dropped.
+    ///
+    /// As in Go, `f` is called even if the group's context is already done (after an
+    /// error, or after `wait`): check the context it receives.
     ///
     /// ```
     /// use cancelctx::{Context, Group};
@@ -298,18 +303,21 @@ where
 {
     /// Records `err` if it is the first and cancels the group with it.
     fn fail(&self, err: E) {
-        let err = StdArc::new(err);
-        {
-            let mut first = self.error.lock();
-            if first.is_some() {
-                return; // later errors are dropped (outside the lock, with `err`)
+        self.contain(move || {
+            let err = StdArc::new(err);
+            {
+                let mut first = self.error.lock();
+                if first.is_some() {
+                    return; // later errors are dropped (outside the lock, with `err`)
+                }
+                *first = Some(err.clone());
             }
-            *first = Some(err.clone());
-        }
-        let cause: Cause = err;
-        self.guard.cancel_with_cause(cause);
+            let cause: Cause = err;
+            self.guard.cancel_with_cause(cause);
+        });
     }
 
+    /// Records the first panic and cancels the group with [`MemberPanicked`].
     #[cfg(feature = "std")]
     fn panicked(&self, payload: std::boxed::Box<dyn core::any::Any + Send + 'static>) {
         let cause = MemberPanicked::from_payload(&*payload);
@@ -319,9 +327,35 @@ where
                 *slot = PanicSlot::Payload(payload);
             }
         }
-        self.guard.cancel_with(cause);
+        // A panic of the cancel (an `after_func` callback on the group's context) is
+        // resumed by the cancel after the context is done; the first panic is kept already.
+        let cancelled = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+            self.guard.cancel_with(cause);
+        }));
+        drop(cancelled);
+    }
+
+    /// Runs bookkeeping that may call user code (`E`'s `Drop`, `after_func` callbacks run
+    /// by cancelling the group's context). With `std`, a panic there is a member panic:
+    /// recorded, the group cancelled, and resumed by `wait`; it never unwinds into the
+    /// member's executor.
+    fn contain(&self, f: impl FnOnce()) {
+        #[cfg(feature = "std")]
+        if let Err(payload) = std::panic::catch_unwind(core::panic::AssertUnwindSafe(f)) {
+            self.panicked(payload);
+        }
+        #[cfg(not(feature = "std"))]
+        f();
     }
 }
+
+// A `Group` is observed only through atomics and locks whose data is never left half-updated
+// (panics of user code are caught, or resumed only after the state is recorded), so using it
+// after a caught panic is sound and sees consistent state: the same reasoning as
+// `std::sync::Mutex` without poisoning. The auto traits are lost only to the `dyn` cause,
+// clock and panic payload it holds.
+impl<E> core::panic::UnwindSafe for Group<E> {}
+impl<E> core::panic::RefUnwindSafe for Group<E> {}
 
 impl<E> Drop for Group<E> {
     /// Cancels the group's context: running members see it done; nobody waits for them.
@@ -638,7 +672,7 @@ impl<E, F, Fut> fmt::Debug for Member<E, F, Fut> {
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct GroupWait<'a, E> {
     group: &'a Group<E>,
-    members: Wait<'a>,
+    members: WaitGroupWait<'a>,
     finished: bool,
 }
 

@@ -103,6 +103,17 @@
 //! | no linked tokens | [`Context::with_linked`] (two parents; dropping unlinks) |
 //! | streams: `take_until(token.cancelled())` | [`Context::take_until_done`] |
 //! | migrating one function at a time | feature `tokio-util`: `ctx.with_token(&token)`, `ctx.cancellation_token()` |
+//! # Groups of tasks
+//!
+//! A context says *when to stop*; something must also say *when everything has stopped*.
+//! [`WaitGroup`] is Go's `sync.WaitGroup` with guards: [`add`](WaitGroup::add) returns a
+//! [`WaitGuard`] whose drop is `Done()`, so a panic or early return cannot leave a waiter
+//! hanging. [`Group`] is `errgroup.WithContext`: members get the group's context, the first
+//! error cancels the others and is returned by [`wait`](Group::wait), limits bound how many
+//! run, and member panics are resumed by `wait`. [`Context::sleep`] is the worker's
+//! `select { case <-ctx.Done(): case <-time.After(d): }`, and [`Context::block_on`] lets a
+//! plain thread wait for any future under a context. None of them picks an executor:
+//! members and tracked futures are spawned by you (`examples/worker.rs` shows both patterns).
 //!
 //! # Time
 //!
@@ -162,6 +173,10 @@
 //! - `std` *(enabled by default)*: [`Context::background`], [`StdClock`], blocking
 //!   [`wait`](Context::wait) / [`wait_timeout`](Context::wait_timeout), and panic isolation
 //!   for callbacks. Without it the crate is `#![no_std]` + `alloc`; its internal lock spins.
+//!   Also the blocking and thread parts of the groups: [`WaitGroup::wait_blocking`] /
+//!   [`wait_timeout`](WaitGroup::wait_timeout), [`Group::go_thread`] /
+//!   [`wait_blocking`](Group::wait_blocking), member panic capture ([`MemberPanicked`]) and
+//!   [`Context::block_on`]. [`WaitGroup`], [`Group`] and [`Context::sleep`] work without it.
 //! - `tokio`: `TokioClock`.
 //! - `async-io`: `AsyncIoClock`.
 //! - `tokio-util`: bridges with `tokio_util::sync::CancellationToken` both ways
@@ -243,7 +258,7 @@ pub use time::{Clock, Instant, ManualClock, TimerKey};
 #[cfg(feature = "tokio-util")]
 pub use tokio_util::{BoundToken, TokenCancelled};
 pub use wait::{Done, DoneOwned, Run};
-pub use wait_group::{Track, Wait, WaitGroup, WaitGuard};
+pub use wait_group::{Track, WaitGroup, WaitGroupWait, WaitGuard};
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -22,80 +22,99 @@ use core::task::{Context as TaskContext, Poll, Waker};
 
 use event_listener::{Event, EventListener};
 
-use crate::sync::Mutex;
-
-/// The waker event-listener holds: it forwards to the task's latest waker.
-#[derive(Default)]
+/// The waker event-listener holds: it forwards to one task waker. A task that polls with a
+/// different waker gets a new relay (task wakers rarely change), so the relay needs no lock.
 pub(crate) struct Relay {
-    task: Mutex<Option<Waker>>,
+    task: Waker,
 }
 
 impl Wake for Relay {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        // event-listener wakes by value: the relay itself goes on the deferred list, so
+        // this costs no reference-count traffic.
+        defer_or_wake(self);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let task = self.task.lock().clone();
-        if let Some(task) = task {
-            defer_or_wake(task);
-        }
+        defer_or_wake(self.clone());
     }
 }
 
 #[cfg(all(feature = "std", not(loom)))]
 mod deferred {
-    use core::cell::RefCell;
-    use core::task::Waker;
+    use alloc::sync::Arc;
+    use core::cell::{Cell, RefCell};
     use std::vec::Vec;
 
-    std::thread_local! {
-        /// `Some` while a crate call into an event is in progress on this thread.
-        static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+    use super::Relay;
+
+    /// This thread's deferred wakes.
+    struct Deferred {
+        /// `true` while a crate call into an event is in progress on this thread.
+        active: Cell<bool>,
+        /// The wakes deferred by that call. The buffer is kept between calls, so a steady
+        /// state allocates nothing.
+        list: RefCell<Vec<Arc<Relay>>>,
     }
 
-    pub(super) fn defer_or_wake(task: Waker) {
+    std::thread_local! {
+        static DEFERRED: Deferred =
+            const { Deferred { active: Cell::new(false), list: RefCell::new(Vec::new()) } };
+    }
+
+    pub(super) fn defer_or_wake(task: Arc<Relay>) {
         let mut task = Some(task);
         let _ = DEFERRED.try_with(|d| {
-            if let Some(list) = d.borrow_mut().as_mut() {
-                list.extend(task.take());
+            if d.active.get() {
+                d.list.borrow_mut().extend(task.take());
             }
         });
         if let Some(task) = task {
             // Outside every crate call (event-listener never wakes on its own): wake at once,
             // containing a panic so that it cannot unwind into event-listener.
-            let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+            let result =
+                std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.task.wake_by_ref()));
             drop(result);
         }
     }
 
     /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them.
     pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-        let outermost = DEFERRED
-            .try_with(|d| {
-                let mut d = d.borrow_mut();
-                let outermost = d.is_none();
-                if outermost {
-                    *d = Some(Vec::new());
-                }
-                outermost
-            })
-            .unwrap_or(false);
+        let outermost = DEFERRED.try_with(|d| !d.active.replace(true)).unwrap_or(false);
         if !outermost {
             return f();
         }
-        /// Wakes what was deferred even if `f` unwinds.
+        /// Wakes what was deferred, also if `f` unwinds.
         struct Flush;
         impl Drop for Flush {
             fn drop(&mut self) {
-                let tasks = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
+                // A waker run below may call into an event again: that call is then the
+                // outermost one and flushes (everything deferred so far) itself.
+                let mut tasks = DEFERRED
+                    .try_with(|d| {
+                        d.active.set(false);
+                        core::mem::take(&mut *d.list.borrow_mut())
+                    })
+                    .unwrap_or_default();
                 let mut first_panic = None;
-                for task in tasks.into_iter().flatten() {
-                    let woken =
-                        std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.wake()));
+                for task in tasks.drain(..) {
+                    let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+                        task.task.wake_by_ref();
+                    }));
                     if let Err(payload) = woken {
                         first_panic.get_or_insert(payload);
                     }
+                }
+                // Keep the buffer for the next wake (re-growing it for every wake of
+                // thousands of waiters costs page faults), unless it is past 1 MiB.
+                if tasks.capacity() <= 65_536 {
+                    let _ = DEFERRED.try_with(|d| {
+                        let mut list = d.list.borrow_mut();
+                        if list.capacity() < tasks.capacity() {
+                            list.append(&mut tasks);
+                            core::mem::swap(&mut *list, &mut tasks);
+                        }
+                    });
                 }
                 if let Some(payload) = first_panic {
                     if !std::thread::panicking() {
@@ -113,10 +132,12 @@ mod deferred {
 
 #[cfg(not(all(feature = "std", not(loom))))]
 mod deferred {
-    use core::task::Waker;
+    use alloc::sync::Arc;
 
-    pub(super) fn defer_or_wake(task: Waker) {
-        task.wake();
+    use super::Relay;
+
+    pub(super) fn defer_or_wake(task: Arc<Relay>) {
+        task.task.wake_by_ref();
     }
 
     pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
@@ -136,6 +157,7 @@ pub(crate) fn notify_all(event: &Event) {
 #[derive(Default)]
 pub(crate) struct Waiter {
     listener: Option<EventListener>,
+    /// The relay, and a waker for it.
     relay: Option<(Arc<Relay>, Waker)>,
 }
 
@@ -162,18 +184,15 @@ impl Waiter {
     /// the task's waker registered through the relay.
     pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         let Some(listener) = self.listener.as_mut() else { return Poll::Ready(()) };
-        let (relay, relay_waker) = self.relay.get_or_insert_with(|| {
-            let relay = Arc::new(Relay::default());
-            let waker = Waker::from(relay.clone());
-            (relay, waker)
-        });
-        {
-            let mut task = relay.task.lock();
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
+        let relay = match &mut self.relay {
+            Some((relay, waker)) if relay.task.will_wake(cx.waker()) => waker,
+            slot => {
+                let relay = Arc::new(Relay { task: cx.waker().clone() });
+                let waker = Waker::from(relay.clone());
+                &mut slot.insert((relay, waker)).1
             }
-        }
-        let mut relay_cx = TaskContext::from_waker(relay_waker);
+        };
+        let mut relay_cx = TaskContext::from_waker(relay);
         match Pin::new(listener).poll(&mut relay_cx) {
             Poll::Ready(()) => {
                 self.listener = None;

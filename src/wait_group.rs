@@ -26,6 +26,10 @@
 //! A notification can arrive late: a `done` that cleared WAITERS may notify after new work
 //! was added and a new waiter registered. The new waiter then finds its own EPOCH unchanged
 //! and a non-zero count, and listens again. `tests/loom_groups.rs` checks these races.
+//!
+//! EPOCH wraps after 2³¹ zero crossings: a waiter that is not polled at all while exactly a
+//! multiple of 2³¹ crossings happen, and then finds the count non-zero, keeps waiting (for
+//! the next zero).
 
 use core::fmt;
 use core::future::Future;
@@ -210,8 +214,8 @@ impl WaitGroup {
     /// std::thread::spawn(move || drop(guard));
     /// futures::executor::block_on(wg.wait());
     /// ```
-    pub fn wait(&self) -> Wait<'_> {
-        Wait { inner: &self.inner, state: WaitState::default(), finished: false }
+    pub fn wait(&self) -> WaitGroupWait<'_> {
+        WaitGroupWait { inner: &self.inner, state: WaitState::default(), finished: false }
     }
 }
 
@@ -357,13 +361,13 @@ impl WaitState {
 /// pollster::block_on(wg.wait()); // empty: ready at once
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Wait<'a> {
+pub struct WaitGroupWait<'a> {
     inner: &'a Inner,
     state: WaitState,
     finished: bool,
 }
 
-impl Future for Wait<'_> {
+impl Future for WaitGroupWait<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -377,15 +381,15 @@ impl Future for Wait<'_> {
     }
 }
 
-impl FusedFuture for Wait<'_> {
+impl FusedFuture for WaitGroupWait<'_> {
     fn is_terminated(&self) -> bool {
         self.finished
     }
 }
 
-impl fmt::Debug for Wait<'_> {
+impl fmt::Debug for WaitGroupWait<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wait")
+        f.debug_struct("WaitGroupWait")
             .field("count", &count(self.inner.state.load(Ordering::Relaxed)))
             .field("finished", &self.finished)
             .finish()

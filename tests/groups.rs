@@ -444,3 +444,77 @@ fn lowering_the_limit_applies_to_members_not_started() {
     running.pop();
     assert_eq!(poll(late.as_mut(), &waker), Poll::Ready(()));
 }
+
+/// A member's error cancels the group's context, which runs its `after_func` callbacks on
+/// the member's thread: a panicking callback does not unwind into the member's executor; it
+/// is kept and resumed by `wait`, like a member panic. (Before `Shared::contain`, the panic
+/// unwound out of the member's `poll`.)
+#[test]
+fn a_panicking_callback_run_by_a_members_error_is_resumed_by_wait() {
+    let group: Group<Tag> = Group::new(&Context::unclocked());
+    let _callback = group.context().after_func(|| panic!("callback panicked"));
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        futures::executor::block_on(group.go(|_ctx| async { Err(Tag("failed")) }))
+    }));
+    assert!(polled.is_ok(), "the member's poll did not panic");
+    assert_eq!(group.members(), 0);
+    let msg = resumed_panic(|| drop(futures::executor::block_on(group.wait())));
+    assert_eq!(msg, "callback panicked");
+}
+
+/// The same for a later error whose `Drop` panics (it is dropped, not recorded).
+#[test]
+fn a_dropped_later_error_whose_drop_panics_is_contained() {
+    #[derive(Debug)]
+    struct Loud(&'static str);
+    impl std::fmt::Display for Loud {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Loud {}
+    impl Drop for Loud {
+        fn drop(&mut self) {
+            if self.0 == "second" && !std::thread::panicking() {
+                panic!("drop of a later error");
+            }
+        }
+    }
+    let group: Group<Loud> = Group::new(&Context::unclocked());
+    futures::executor::block_on(group.go(|_ctx| async { Err(Loud("first")) }));
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        futures::executor::block_on(group.go(|_ctx| async { Err(Loud("second")) }))
+    }));
+    assert!(polled.is_ok());
+    let msg = resumed_panic(|| drop(futures::executor::block_on(group.wait())));
+    assert_eq!(msg, "drop of a later error");
+}
+
+assert_impl_all!(Group<Tag>: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+
+/// Aborting a member's task on tokio drops its future: its slot goes to the queued member
+/// and its count is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_an_aborted_member_frees_its_slot_and_count() {
+    let group: Group<Tag> = Group::new(&Context::background());
+    group.set_limit(Some(1));
+    let (started_tx, started_rx) = futures::channel::oneshot::channel::<()>();
+    let stuck = tokio::spawn(group.go(move |_ctx| async move {
+        let _ = started_tx.send(());
+        std::future::pending().await
+    }));
+    started_rx.await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran2 = ran.clone();
+    let queued = tokio::spawn(group.go(move |_ctx| async move {
+        ran2.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    assert_eq!(group.members(), 2);
+    stuck.abort();
+    assert!(stuck.await.unwrap_err().is_cancelled());
+    queued.await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    group.wait().await.unwrap();
+    assert_eq!(group.members(), 0);
+}

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Duration;
 
-use cancelctx::{Track, Wait, WaitGroup, WaitGuard};
+use cancelctx::{Track, WaitGroup, WaitGroupWait, WaitGuard};
 use common::counting_waker;
 use futures::future::FusedFuture;
 use static_assertions::assert_impl_all;
 
 assert_impl_all!(WaitGroup: Send, Sync, Clone, Default, std::fmt::Debug, Unpin);
 assert_impl_all!(WaitGuard: Send, Sync, std::fmt::Debug);
-assert_impl_all!(Wait<'static>: Send, Sync, Unpin, Future<Output = ()>, FusedFuture, std::fmt::Debug);
+assert_impl_all!(WaitGroupWait<'static>: Send, Sync, Unpin, Future<Output = ()>, FusedFuture, std::fmt::Debug);
 assert_impl_all!(Track<std::future::Ready<u8>>: Send, Sync, Future<Output = u8>, FusedFuture, std::fmt::Debug);
 
 fn poll<F: Future + ?Sized>(fut: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
@@ -367,4 +367,48 @@ fn a_reentrant_waker_does_not_deadlock() {
     drop(guard);
     assert!(reentrant.polled.load(Ordering::SeqCst));
     assert_eq!(poll(wait.as_mut(), &waker), Poll::Ready(()));
+}
+
+/// Repeated rounds of units finishing on several threads while blocking and async waiters
+/// wait on the same (reused) group: every waiter returns every round.
+#[test]
+fn reuse_under_concurrent_finishers_and_waiters() {
+    let wg = WaitGroup::new();
+    for _round in 0..100 {
+        let finishers: Vec<_> = (0..3)
+            .map(|_| {
+                let unit = wg.add();
+                std::thread::spawn(move || drop(unit))
+            })
+            .collect();
+        let blocking = {
+            let wg = wg.clone();
+            std::thread::spawn(move || wg.wait_blocking())
+        };
+        let polling = {
+            let wg = wg.clone();
+            std::thread::spawn(move || futures::executor::block_on(wg.wait()))
+        };
+        wg.wait_blocking();
+        blocking.join().unwrap();
+        polling.join().unwrap();
+        for f in finishers {
+            f.join().unwrap();
+        }
+        assert_eq!(wg.count(), 0);
+    }
+}
+assert_impl_all!(WaitGroup: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+assert_impl_all!(WaitGuard: std::panic::UnwindSafe, std::panic::RefUnwindSafe);
+
+/// `track` on tokio: an aborted task's future is dropped, which finishes its unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_an_aborted_tracked_task_finishes_its_unit() {
+    let wg = WaitGroup::new();
+    let task = tokio::spawn(wg.track(std::future::pending::<()>()));
+    assert_eq!(wg.count(), 1);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    wg.wait().await;
+    assert_eq!(wg.count(), 0);
 }

@@ -243,3 +243,32 @@ fn worker_pattern_on_threads() {
     wg.wait_blocking();
     assert!(ticks.load(Ordering::SeqCst) >= 3);
 }
+
+/// `sleep` on the runtimes' own clocks (feature `tokio`: paused time auto-advances, so an
+/// hour passes at once; feature `async-io`: smol's timers).
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn sleep_on_tokio_paused_time() {
+    let root = Context::with_clock(cancelctx::TokioClock::new());
+    let start = tokio::time::Instant::now();
+    assert_eq!(root.sleep(Duration::from_secs(3600)).await, Ok(()));
+    assert!(start.elapsed() >= Duration::from_secs(3600));
+    let (ctx, _guard) = root.with_timeout(Duration::from_secs(10));
+    assert_eq!(ctx.sleep(Duration::from_secs(3600)).await, Err(Error::DeadlineExceeded));
+}
+
+#[cfg(feature = "async-io")]
+#[test]
+fn sleep_on_smol() {
+    smol::block_on(async {
+        let root = Context::with_clock(cancelctx::AsyncIoClock::new());
+        assert_eq!(root.sleep(Duration::from_millis(1)).await, Ok(()));
+        let (ctx, cancel) = root.with_cancel();
+        let sleeper = smol::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.sleep(Duration::from_secs(3600)).await }
+        });
+        cancel.cancel();
+        assert_eq!(sleeper.await, Err(Error::Canceled));
+    });
+}
