@@ -218,6 +218,10 @@ impl<S> Layer<S> for ContextLayer {
 
 /// The service of a [`ContextLayer`]: `Clone` when the inner service is.
 ///
+/// Its responses are `Response<ContextBody<B>>` for the inner service's `Response<B>`. The
+/// body's `Data` must convert from `&'static str` (as `Bytes`, which hyper, axum and tonic
+/// use, does) for the short text of the answers the layer makes itself (`504`, `503`, `400`).
+///
 /// ```
 /// use cancelctx::tower::{ContextLayer, ContextService};
 /// use tower::Layer;
@@ -337,11 +341,9 @@ impl Reject {
             Reject::Done(Error::DeadlineExceeded) => {
                 (StatusCode::GATEWAY_TIMEOUT, 4, "context deadline exceeded")
             }
-            Reject::Done(Error::Canceled) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                14,
-                "the server is shutting down: context canceled",
-            ),
+            Reject::Done(Error::Canceled) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 14, "server context canceled")
+            }
         }
     }
 
