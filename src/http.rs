@@ -17,6 +17,16 @@
 //! hop's request context is cancelled when its caller goes away and that cancels the calls
 //! it made in turn.
 //!
+//! # What ends a remote call
+//!
+//! Nothing in HTTP says "cancelled"; a caller can only stop waiting. Over HTTP/2 that resets
+//! the request's stream (`RST_STREAM`) and other calls on the connection carry on; over
+//! HTTP/1 it closes the connection, the only way HTTP/1 has to abandon a request. Servers
+//! see either as their client going away: hyper drops the response future, grpc-go cancels
+//! the handler's context, and [`ContextLayer`](crate::tower::ContextLayer) cancels the
+//! request's context with the cause [`ClientDisconnected`]. The remote side cannot tell a
+//! cancel from a crash or a network failure, and it is not told the caller's cause.
+//!
 //! # The header
 //!
 //! `grpc-timeout` is `TimeoutValue TimeoutUnit`: at most 8 ASCII digits, then one of `H`
