@@ -101,8 +101,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::http::GRPC_TIMEOUT;
-use crate::http::{encode_grpc_timeout, header_timeout, ClientDisconnected, GrpcTimeoutError};
+use crate::http::{
+    encode_grpc_timeout, header_timeout, ClientDisconnected, GrpcTimeoutError, GRPC_TIMEOUT,
+};
 use crate::{CancelGuard, Context, DoneOwned, Error};
 
 /// The error type of [`PropagateService`]: the inner service's error, or the request
@@ -120,7 +121,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// | the response is complete: its body has ended or is dropped | [`Error::Canceled`] | none (`Error::Canceled`) | the response |
 /// | the client goes away first (the server drops the response future) | [`Error::Canceled`] | [`ClientDisconnected`] | nothing (it is gone) |
 /// | the deadline passes before the response is ready | [`Error::DeadlineExceeded`] | as set on `root`'s deadline, if any | `504 Gateway Timeout`, or for gRPC a trailers-only `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
-/// | `root` is cancelled before the response is ready | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
+/// | `root` is cancelled before the response is ready (a passed deadline of `root`'s is the row above) | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
 ///
 /// In the last two rows the inner service's future is dropped at once: the handler stops at
 /// its next `.await`, and any work it spawned with the context sees it done.
