@@ -507,3 +507,41 @@ async fn propagate_layer_keeps_an_earlier_grpc_timeout() {
     let response = svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(response.into_body().into_inner(), "3S");
 }
+
+/// Without a network: a response that is ready when the deadline has also passed is served
+/// (the layer polls the handler first), and one that is not gets the 504.
+#[tokio::test]
+async fn a_response_ready_at_the_deadline_is_still_served() {
+    let clock = ManualClock::new();
+    let layer =
+        ContextLayer::new(Context::with_clock(clock.clone())).timeout(Duration::from_secs(1));
+    let (answer_tx, answer_rx) = futures::channel::oneshot::channel::<()>();
+    let answer_rx = Arc::new(std::sync::Mutex::new(Some(answer_rx)));
+    let mut svc =
+        tower::ServiceBuilder::new().layer(layer).service_fn(move |_req: http::Request<()>| {
+            let rx = answer_rx.lock().unwrap().take();
+            async move {
+                match rx {
+                    Some(rx) => rx.await.unwrap(),
+                    None => std::future::pending().await,
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::from("served")))
+            }
+        });
+
+    let mut ready_in_time = std::pin::pin!(svc.ready().await.unwrap().call(http::Request::new(())));
+    let mut too_late = std::pin::pin!(svc.ready().await.unwrap().call(http::Request::new(())));
+    assert!(futures::poll!(ready_in_time.as_mut()).is_pending());
+    assert!(futures::poll!(too_late.as_mut()).is_pending());
+    answer_tx.send(()).unwrap();
+    clock.advance(Duration::from_secs(1));
+
+    let std::task::Poll::Ready(Ok(response)) = futures::poll!(ready_in_time) else {
+        panic!("not ready")
+    };
+    assert_eq!(response.status(), 200);
+    let std::task::Poll::Ready(Ok(response)) = futures::poll!(too_late) else {
+        panic!("not ready")
+    };
+    assert_eq!(response.status(), 504);
+}
