@@ -127,7 +127,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// its next `.await`, and any work it spawned with the context sees it done.
 ///
 /// A deadline that passes while the *body* is streaming ends the context (work feeding the
-/// body should watch it) but does not cut the body: the status was already sent.
+/// body should watch it) but does not cut the body: the status was already sent. Once the
+/// response is ready, its context ends without a cause whether the body ended or was
+/// dropped (a client leaving mid-stream included): [`ClientDisconnected`] marks exactly the
+/// requests that lost their client before their response was ready.
 ///
 /// # Malformed `grpc-timeout`
 ///
