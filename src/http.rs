@@ -7,7 +7,7 @@
 //! | | crosses the wire? | how |
 //! |---|---|---|
 //! | the **deadline** | yes | as the time *remaining*, in the `grpc-timeout` request header ([`inject_deadline`] on the way out, [`extract_deadline`] on the way in) |
-//! | **cancellation** | yes, as the end of the call | the caller abandons the call: it resets the HTTP/2 stream or closes the HTTP/1 connection; the server sees its request's context cancelled (with [`ClientDisconnected`] when it runs behind [`ContextLayer`](crate::tower::ContextLayer)) |
+//! | **cancellation** | yes, as the end of the call | the caller abandons the call: it resets the HTTP/2 stream or closes the HTTP/1 connection; the server sees its request's context cancelled (with [`ClientDisconnected`] when it runs behind `tower::ContextLayer`) |
 //! | **values** | no | request-scoped values are in-process data; send what the next service needs as headers of your own |
 //! | **causes** | no | the remote side learns *that* the call ended, never *why*; the caller keeps its own cause |
 //! | the **clock** | no | the header carries a duration, not an instant, so clocks of different machines never have to agree; the time the request spends in flight is not subtracted, which errs on the side of the server giving up a little *after* its client |
@@ -16,6 +16,16 @@
 //! less time left; a cancelled client stops the work it started everywhere, because each
 //! hop's request context is cancelled when its caller goes away and that cancels the calls
 //! it made in turn.
+//!
+//! # What ends a remote call
+//!
+//! Nothing in HTTP says "cancelled"; a caller can only stop waiting. Over HTTP/2 that resets
+//! the request's stream (`RST_STREAM`) and other calls on the connection carry on; over
+//! HTTP/1 it closes the connection, the only way HTTP/1 has to abandon a request. Servers
+//! see either as their client going away: hyper drops the response future, grpc-go cancels
+//! the handler's context, and `tower::ContextLayer` cancels the
+//! request's context with the cause [`ClientDisconnected`]. The remote side cannot tell a
+//! cancel from a crash or a network failure, and it is not told the caller's cause.
 //!
 //! # The header
 //!
@@ -190,7 +200,7 @@ fn decode_bytes(bytes: &[u8]) -> Result<Duration, GrpcTimeoutError> {
 /// Why a `grpc-timeout` header was refused.
 ///
 /// Returned by [`decode_grpc_timeout`] and [`extract_deadline`]. A server answers such a
-/// request as malformed (see [`ContextLayer`](crate::tower::ContextLayer)), never with a
+/// request as malformed (see `tower::ContextLayer`), never with a
 /// longer or missing deadline.
 ///
 /// ```
@@ -269,7 +279,7 @@ impl std::error::Error for GrpcTimeoutError {}
 /// the response was ready (the server dropped the response future: the connection closed or
 /// the HTTP/2 stream was reset).
 ///
-/// Set by [`ContextLayer`](crate::tower::ContextLayer); the error is
+/// Set by `tower::ContextLayer`; the error is
 /// [`Error::Canceled`], as in Go, where `r.Context()` is cancelled when the client disconnects.
 ///
 /// ```

@@ -183,14 +183,12 @@
 //!   (`Context::with_token`, `Context::cancellation_token`).
 //! - `signal`: `Context::with_signals`, a context cancelled on Ctrl-C / SIGTERM (unix and
 //!   windows, on `signal-hook`).
-//! - `http`: module [`http`](crate::http): deadlines across processes as the `grpc-timeout`
-//!   header ([`encode_grpc_timeout`](crate::http::encode_grpc_timeout),
-//!   [`inject_deadline`](crate::http::inject_deadline),
-//!   [`extract_deadline`](crate::http::extract_deadline)); what crosses the wire and what
-//!   does not.
-//! - `tower` (implies `http`): module [`tower`](crate::tower): `ContextLayer`, a context per
-//!   server request (hyper, axum, tonic), and `PropagateLayer` for outgoing calls; the
-//!   mapping from Go's `r.Context()`.
+//! - `http`: module `http`: deadlines across processes as the `grpc-timeout` header
+//!   (`encode_grpc_timeout`, `inject_deadline`, `extract_deadline`); what crosses the wire
+//!   and what does not.
+//! - `tower` (implies `http`): module `tower`: `ContextLayer`, a context per server request
+//!   (hyper, axum, tonic), and `PropagateLayer` for outgoing calls; the mapping from Go's
+//!   `r.Context()`.
 //! - `axum` (implies `tower`): `Context` is an axum extractor.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -101,8 +101,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::http::GRPC_TIMEOUT;
-use crate::http::{encode_grpc_timeout, header_timeout, ClientDisconnected, GrpcTimeoutError};
+use crate::http::{
+    encode_grpc_timeout, header_timeout, ClientDisconnected, GrpcTimeoutError, GRPC_TIMEOUT,
+};
 use crate::{CancelGuard, Context, DoneOwned, Error};
 
 /// The error type of [`PropagateService`]: the inner service's error, or the request
@@ -120,13 +121,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// | the response is complete: its body has ended or is dropped | [`Error::Canceled`] | none (`Error::Canceled`) | the response |
 /// | the client goes away first (the server drops the response future) | [`Error::Canceled`] | [`ClientDisconnected`] | nothing (it is gone) |
 /// | the deadline passes before the response is ready | [`Error::DeadlineExceeded`] | as set on `root`'s deadline, if any | `504 Gateway Timeout`, or for gRPC a trailers-only `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
-/// | `root` is cancelled before the response is ready | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
+/// | `root` is cancelled before the response is ready (a passed deadline of `root`'s is the row above) | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
 ///
 /// In the last two rows the inner service's future is dropped at once: the handler stops at
 /// its next `.await`, and any work it spawned with the context sees it done.
 ///
 /// A deadline that passes while the *body* is streaming ends the context (work feeding the
-/// body should watch it) but does not cut the body: the status was already sent.
+/// body should watch it) but does not cut the body: the status was already sent. Once the
+/// response is ready, its context ends without a cause whether the body ended or was
+/// dropped (a client leaving mid-stream included): [`ClientDisconnected`] marks exactly the
+/// requests that lost their client before their response was ready.
 ///
 /// # Malformed `grpc-timeout`
 ///
@@ -217,6 +221,10 @@ impl<S> Layer<S> for ContextLayer {
 }
 
 /// The service of a [`ContextLayer`]: `Clone` when the inner service is.
+///
+/// Its responses are `Response<ContextBody<B>>` for the inner service's `Response<B>`. The
+/// body's `Data` must convert from `&'static str` (as `Bytes`, which hyper, axum and tonic
+/// use, does) for the short text of the answers the layer makes itself (`504`, `503`, `400`).
 ///
 /// ```
 /// use cancelctx::tower::{ContextLayer, ContextService};
@@ -337,11 +345,9 @@ impl Reject {
             Reject::Done(Error::DeadlineExceeded) => {
                 (StatusCode::GATEWAY_TIMEOUT, 4, "context deadline exceeded")
             }
-            Reject::Done(Error::Canceled) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                14,
-                "the server is shutting down: context canceled",
-            ),
+            Reject::Done(Error::Canceled) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 14, "server context canceled")
+            }
         }
     }
 

@@ -424,3 +424,124 @@ static_assertions::assert_impl_all!(cancelctx::tower::ContextFuture<std::future:
 static_assertions::assert_impl_all!(cancelctx::tower::ContextBody<String>: Send, Sync, Unpin, std::fmt::Debug);
 static_assertions::assert_impl_all!(cancelctx::tower::PropagateFuture<std::future::Ready<()>>: Send, Sync, Unpin, std::fmt::Debug);
 static_assertions::assert_impl_all!(cancelctx::tower::PropagateBody<String>: Send, Sync, Unpin, std::fmt::Debug);
+
+/// A response body still streaming when the client's context ends fails with its error, and
+/// the server sees its body dropped.
+#[tokio::test]
+async fn propagate_layer_abandons_a_streaming_response_body() {
+    let root = Context::with_clock(ManualClock::new());
+    let (tx, mut contexts) = mpsc::unbounded_channel::<Context>();
+    let server = serve(ContextLayer::new(root.clone()), move |req| {
+        tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+        let first =
+            futures::stream::iter([Ok(http_body::Frame::data(Bytes::from_static(b"first")))]);
+        let body = futures::StreamExt::chain(first, futures::stream::pending());
+        async move { http::Response::new(http_body_util::StreamBody::new(body).boxed_unsync()) }
+    })
+    .await;
+    let http_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<TestBody>();
+    let mut client = tower::ServiceBuilder::new().layer(PropagateLayer::new()).service(http_client);
+
+    let (ctx, guard) = root.with_cancel();
+    let mut req = request(&format!("http://{}/", server.addr), &[]);
+    req.extensions_mut().insert(ctx);
+    let response = within("headers", client.ready().await.unwrap().call(req)).await.unwrap();
+    let remote = contexts.recv().await.unwrap();
+    let mut body = response.into_body();
+    let first = within("first chunk", body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+
+    let next = tokio::spawn(async move {
+        let next = body.frame().await;
+        (next.map(|r| r.map(|_| ())), body)
+    });
+    guard.cancel();
+    let (next, body) = within("abandoned", next).await.unwrap();
+    let err = next.unwrap().unwrap_err();
+    assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    assert!(http_body::Body::is_end_stream(&body));
+    drop(body); // resets the stream
+    within("remote end", remote.done()).await;
+    assert_plain_cancel(&remote);
+}
+
+/// Without a network: a `grpc-timeout` the request already carries (tonic's
+/// `Request::set_timeout` writes one) is kept when it is earlier than the context's.
+#[tokio::test]
+async fn propagate_layer_keeps_an_earlier_grpc_timeout() {
+    let clock = ManualClock::new();
+    let (ctx, _guard) = Context::with_clock(clock).with_timeout(Duration::from_secs(10));
+    let mut svc = tower::ServiceBuilder::new().layer(PropagateLayer::new()).service_fn(
+        |req: http::Request<()>| async move {
+            let header = req
+                .headers()
+                .get_all("grpc-timeout")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok::<_, std::convert::Infallible>(http::Response::new(
+                header.collect::<Vec<_>>().join(","),
+            ))
+        },
+    );
+    for (existing, sent) in [
+        (None, "10000000u"),
+        (Some("2S"), "2S"),
+        (Some("1M"), "10000000u"),
+        (Some("2 S"), "10000000u"),
+    ] {
+        let mut req = http::Request::new(());
+        if let Some(value) = existing {
+            req.headers_mut().insert("grpc-timeout", http::HeaderValue::from_static(value));
+        }
+        req.extensions_mut().insert(ctx.clone());
+        let response = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(response.into_body().into_inner(), sent, "{existing:?}");
+    }
+    // A context without a deadline leaves the request's own header alone.
+    let mut req = http::Request::new(());
+    req.headers_mut().insert("grpc-timeout", http::HeaderValue::from_static("3S"));
+    req.extensions_mut().insert(Context::background());
+    let response = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(response.into_body().into_inner(), "3S");
+}
+
+/// Without a network: a response that is ready when the deadline has also passed is served
+/// (the layer polls the handler first), and one that is not gets the 504.
+#[tokio::test]
+async fn a_response_ready_at_the_deadline_is_still_served() {
+    let clock = ManualClock::new();
+    let layer =
+        ContextLayer::new(Context::with_clock(clock.clone())).timeout(Duration::from_secs(1));
+    let (answer_tx, answer_rx) = futures::channel::oneshot::channel::<()>();
+    let answer_rx = Arc::new(std::sync::Mutex::new(Some(answer_rx)));
+    let mut svc =
+        tower::ServiceBuilder::new().layer(layer).service_fn(move |_req: http::Request<()>| {
+            let rx = answer_rx.lock().unwrap().take();
+            async move {
+                match rx {
+                    Some(rx) => rx.await.unwrap(),
+                    None => std::future::pending().await,
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::from("served")))
+            }
+        });
+
+    let mut ready_in_time = std::pin::pin!(svc.ready().await.unwrap().call(http::Request::new(())));
+    let mut too_late = std::pin::pin!(svc.ready().await.unwrap().call(http::Request::new(())));
+    assert!(futures::poll!(ready_in_time.as_mut()).is_pending());
+    assert!(futures::poll!(too_late.as_mut()).is_pending());
+    answer_tx.send(()).unwrap();
+    clock.advance(Duration::from_secs(1));
+
+    let std::task::Poll::Ready(Ok(response)) = futures::poll!(ready_in_time) else {
+        panic!("not ready")
+    };
+    assert_eq!(response.status(), 200);
+    let std::task::Poll::Ready(Ok(response)) = futures::poll!(too_late) else {
+        panic!("not ready")
+    };
+    assert_eq!(response.status(), 504);
+}

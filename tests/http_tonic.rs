@@ -162,10 +162,11 @@ async fn a_tonic_clients_set_timeout_is_the_handlers_deadline_within_one_unit() 
     let server = serve_routes(ContextLayer::new(Context::with_clock(clock.clone())), svc).await;
     let mut client = tonic::client::Grpc::new(channel(&server).await);
 
-    // tonic truncates to the unit (this one sends 1500000u), so the deadline may be up to
-    // one unit shorter than asked; grpc-go and `encode_grpc_timeout` round up instead.
+    // tonic truncates to the unit (the first sends 90000000u), so the deadline may be up to
+    // one unit shorter than asked; grpc-go and `encode_grpc_timeout` round up instead. tonic's
+    // client also enforces the timeout on real time: all of these are long.
     for timeout in
-        [Duration::from_nanos(1_500_000_700), Duration::from_secs(90), Duration::from_nanos(250)]
+        [Duration::new(90, 700), Duration::new(1_000, 123_456), Duration::new(200_000, 5)]
     {
         let mut request = tonic::Request::new(b"hi".to_vec());
         request.set_timeout(timeout);
@@ -241,19 +242,19 @@ async fn tonics_server_accepts_the_header_inject_deadline_writes() {
 
     let mut client = Http2::connect(addr).await;
     let response = within("response", client.sender.send_request(req)).await.unwrap();
-    let handler = within("handler start", seen.recv()).await.unwrap();
-    assert_eq!(
-        handler.header.as_deref(),
-        Some("100000u"),
-        "tonic passes the header on as metadata"
-    );
     let (parts, body) = response.into_parts();
     let trailers = within("trailers", body.collect()).await.unwrap().trailers().cloned();
     // Trailers-only or trailers: tonic answers in either.
     let status =
         trailers.as_ref().and_then(|t| t.get("grpc-status")).or(parts.headers.get("grpc-status"));
     assert_eq!(status.unwrap(), "1", "tonic's Server answers CANCELLED, not DEADLINE_EXCEEDED");
-    assert!(dropped.load(Ordering::SeqCst));
+    // The handler normally runs before tonic's 100 ms are up (on a badly overloaded machine
+    // the timeout may win the race before the message is decoded); when it did, it saw the
+    // header and its future was dropped by tonic's timeout.
+    if let Ok(handler) = seen.try_recv() {
+        assert_eq!(handler.header.as_deref(), Some("100000u"), "tonic passes the header on");
+        assert!(dropped.load(Ordering::SeqCst));
+    }
     server.abort();
 }
 
@@ -269,13 +270,14 @@ async fn propagate_layer_on_a_tonic_channel() {
         tower::ServiceBuilder::new().layer(PropagateLayer::new()).service(channel(&server).await);
     let mut client = tonic::client::Grpc::new(stack);
 
-    let (ctx, guard) = root.with_timeout(Duration::from_secs(5));
+    // tonic's Channel enforces the header on real time too: a long deadline.
+    let (ctx, guard) = root.with_timeout(Duration::from_secs(600));
     let mut request = tonic::Request::new(b"hi".to_vec());
     request.extensions_mut().insert(ctx.clone());
     assert_eq!(within("call", call(&mut client, request)).await.unwrap(), b"ok");
     let Seen { ctx: remote, header } = seen.recv().await.unwrap();
-    assert_eq!(header.as_deref(), Some("5000000u"));
-    assert_eq!(remote.unwrap().remaining(), Some(Duration::from_secs(5)));
+    assert_eq!(header.as_deref(), Some("600000m"));
+    assert_eq!(remote.unwrap().remaining(), Some(Duration::from_secs(600)));
 
     let mut request = tonic::Request::new(b"stuck".to_vec());
     request.extensions_mut().insert(ctx.clone());
