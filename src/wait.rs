@@ -146,6 +146,83 @@ impl fmt::Debug for DoneOwned {
     }
 }
 
+/// Future returned by [`Context::cancelled`]: resolves to `()` once the context is done.
+///
+/// The same as [`Done`] without the error, for APIs that want a `Future<Output = ()>`
+/// (graceful-shutdown signals in hyper and axum, `tokio-util`'s `cancelled()` shape). Read
+/// [`Context::err`] afterwards if the reason matters.
+///
+/// ```
+/// use cancelctx::Context;
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// std::thread::spawn(move || guard.cancel());
+/// let (): () = futures::executor::block_on(ctx.cancelled());
+/// assert!(ctx.is_done());
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Cancelled<'a> {
+    done: Done<'a>,
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+impl FusedFuture for Cancelled<'_> {
+    fn is_terminated(&self) -> bool {
+        self.done.is_terminated()
+    }
+}
+
+impl fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelled").field("err", &self.done.ctx.err()).finish_non_exhaustive()
+    }
+}
+
+/// The `'static` form of [`Cancelled`], returned by [`Context::cancelled_owned`]: it holds a
+/// clone of the context, so it can be handed to an API that keeps it (a server's shutdown
+/// signal) or moved into a spawned task.
+///
+/// ```
+/// use cancelctx::{CancelledOwned, Context};
+/// fn serve_until(shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+///     futures::executor::block_on(shutdown); // a server would run until this resolves
+/// }
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// let signal: CancelledOwned = ctx.cancelled_owned();
+/// guard.cancel();
+/// serve_until(signal);
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct CancelledOwned {
+    done: DoneOwned,
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+impl FusedFuture for CancelledOwned {
+    fn is_terminated(&self) -> bool {
+        self.done.is_terminated()
+    }
+}
+
+impl fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledOwned").field("err", &self.done.ctx.err()).finish_non_exhaustive()
+    }
+}
+
 /// Future returned by [`Context::run`]: the inner future's output, or the context's error as
 /// soon as the context is done (the inner future is dropped then).
 ///
@@ -233,6 +310,31 @@ impl Context {
     /// ```
     pub fn done_owned(&self) -> DoneOwned {
         DoneOwned { ctx: self.clone(), waiter: Waiter::default() }
+    }
+
+    /// A future that resolves to `()` once the context is done; see [`Cancelled`]. Use it
+    /// where an API wants a `Future<Output = ()>`; use [`done`](Context::done) to get the
+    /// error.
+    ///
+    /// ```
+    /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
+    /// drop(guard);
+    /// pollster::block_on(ctx.cancelled());
+    /// ```
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled { done: self.done() }
+    }
+
+    /// The `'static` form of [`cancelled`](Context::cancelled); see [`CancelledOwned`].
+    ///
+    /// ```
+    /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
+    /// let shutdown = ctx.cancelled_owned();
+    /// guard.cancel();
+    /// pollster::block_on(shutdown);
+    /// ```
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned { done: self.done_owned() }
     }
 
     /// Runs `future` until it completes or the context is done, whichever is first; see
