@@ -181,7 +181,11 @@ impl Context {
         if scope.add_callback(node, &callback) {
             AfterFunc { inner: Registration::Pending { callback } }
         } else {
-            // Done already: run at once, on this thread.
+            // Done already: run at once, on this thread, but only once the completion that made
+            // it done has marked the whole subtree (as a losing cancel waits), so `f` never
+            // sees a live descendant. Callbacks run after FINISHED, so `after_func` called
+            // from one never waits for its own walk.
+            scope.wait_finished();
             if callback.claim_for_run().is_some() {
                 callback.run_claimed();
             }

@@ -51,11 +51,13 @@ fn poll_node(
     }
 }
 
-/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener and whether the
-/// future has resolved.
+/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener, the relay waker
+/// (with `std`) and whether the future has resolved.
 #[derive(Default)]
 struct Waiter {
     listener: Option<EventListener>,
+    #[cfg(all(feature = "std", not(loom)))]
+    relay: Option<relay::Relay>,
     finished: bool,
 }
 
@@ -63,9 +65,83 @@ impl Waiter {
     fn poll(&mut self, ctx: &Context, cx: &mut TaskContext<'_>) -> Poll<Error> {
         // Never done: nothing to register, nothing to allocate.
         let Some(node) = ctx.scope() else { return Poll::Pending };
+        if let Some(err) = node.err() {
+            self.listener = None;
+            self.finished = true;
+            return Poll::Ready(err);
+        }
+        // `event-listener` wakes tasks under its lock, where a panicking waker would corrupt
+        // its count of notified listeners: it gets the relay, which contains the panic and
+        // defers it to the completer (see `relay`).
+        #[cfg(all(feature = "std", not(loom)))]
+        let mut cx = TaskContext::from_waker(
+            self.relay.get_or_insert_with(relay::Relay::default).waker_for(cx.waker()),
+        );
+        #[cfg(all(feature = "std", not(loom)))]
+        let cx = &mut cx;
         let result = poll_node(node, &mut self.listener, cx);
         self.finished = result.is_ready();
         result
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+mod relay {
+    //! The waker a [`Waiter`](super::Waiter) gives `event-listener`: it forwards to the task's
+    //! waker and catches a panic of that waker, handing it to the completing thread (through
+    //! `crate::panic::defer`), which resumes it after its walk: every other waiter is woken
+    //! and `event-listener` never sees a panic inside `notify`.
+    use alloc::sync::Arc;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Mutex;
+    use std::task::{Wake, Waker};
+
+    /// The relay and a `Waker` made from it (kept, so a poll makes no new one).
+    pub(super) struct Relay {
+        shared: Arc<Shared>,
+        waker: Waker,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        task: Mutex<Option<Waker>>,
+    }
+
+    impl Default for Relay {
+        fn default() -> Relay {
+            let shared = Arc::new(Shared::default());
+            Relay { waker: Waker::from(shared.clone()), shared }
+        }
+    }
+
+    impl Relay {
+        /// Points the relay at `task` (the waker of the latest poll) and returns the waker to
+        /// register with the listener.
+        pub(super) fn waker_for(&self, task: &Waker) -> &Waker {
+            let mut slot = self.shared.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !slot.as_ref().is_some_and(|old| old.will_wake(task)) {
+                *slot = Some(task.clone());
+            }
+            &self.waker
+        }
+    }
+
+    impl Wake for Shared {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let woken = catch_unwind(AssertUnwindSafe(|| {
+                let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(task) = task {
+                    task.wake();
+                }
+            }));
+            if let Err(payload) = woken {
+                crate::panic::defer(payload);
+            }
+        }
     }
 }
 
