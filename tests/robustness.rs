@@ -572,3 +572,94 @@ fn clock_move_during_a_cancel_walk_completes_the_due_subtree() {
     assert!(e_err.is_some(), "set() returned while a context with a due deadline was live");
     assert!(d.is_done() && c.is_done());
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 6: time does not stop because an executor did. Real time here (these are real
+// runtimes); the deadlines are short and the bound only turns a hang into a failure.
+
+#[cfg(feature = "tokio")]
+mod executor_stopped {
+    use super::*;
+    use cancelctx::TokioClock;
+
+    const SHORT: Duration = Duration::from_millis(20);
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn tokio_runtime_dropped_while_a_deadline_is_pending() {
+        let rt = current_thread();
+        let root = Context::with_clock(TokioClock::with_handle(rt.handle().clone()));
+        let (ctx, _guard) = root.with_timeout(SHORT);
+        let (tx, rx) = mpsc::channel();
+        let _h = ctx.after_func(move || tx.send(()).unwrap());
+        drop(rt); // drops the timer task unfired
+        assert_eq!(ctx.wait_timeout(HANG), Some(Error::DeadlineExceeded));
+        assert!(rx.recv_timeout(HANG).is_ok(), "after_func never ran");
+        assert_eq!(ctx.remaining(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn tokio_runtime_dropped_before_the_deadline_is_made() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let root = Context::with_clock(TokioClock::with_handle(rt.handle().clone()));
+        let (early, _g) = root.with_timeout(Duration::from_secs(3600));
+        rt.shutdown_background();
+        let (ctx, _guard) = root.with_timeout(SHORT);
+        assert_eq!(ctx.wait_timeout(HANG), Some(Error::DeadlineExceeded));
+        assert_eq!(early.err(), None, "a far deadline is not fired early by the shutdown");
+        // Cancelling a deadline moved to the std clock releases it.
+        let (late, late_guard) = root.with_timeout(Duration::from_secs(3600));
+        late_guard.cancel();
+        assert_eq!(late.err(), Some(Error::Canceled));
+    }
+
+    #[test]
+    fn blocking_wait_on_a_current_thread_runtimes_own_thread() {
+        let rt = current_thread();
+        let err = rt.block_on(async {
+            let root = Context::with_clock(TokioClock::new());
+            let (ctx, _guard) = root.with_timeout(SHORT);
+            // Blocks the only thread that could run the runtime's timer.
+            ctx.wait_timeout(HANG)
+        });
+        assert_eq!(err, Some(Error::DeadlineExceeded));
+    }
+
+    #[test]
+    fn paused_time_still_decides_tokio_deadlines() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let root = Context::with_clock(TokioClock::new());
+            let (ctx, _guard) = root.with_timeout(Duration::from_millis(1));
+            let (far, _far_guard) = root.with_timeout(Duration::from_secs(3600));
+            // Real time passes (the backup wake-up fires), virtual time does not.
+            std::thread::sleep(Duration::from_millis(30));
+            assert_eq!(ctx.err(), None, "a backup must not beat virtual time");
+            assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+            assert_eq!(far.err(), None);
+        });
+    }
+}
+
+#[cfg(feature = "async-io")]
+#[test]
+fn async_io_deadline_with_the_block_on_thread_blocked() {
+    let root = Context::with_clock(cancelctx::AsyncIoClock::new());
+    let err = async_io::block_on(async {
+        let (ctx, _guard) = root.with_timeout(Duration::from_millis(20));
+        // Blocks the thread that drives async-io's reactor from `block_on`.
+        ctx.wait_timeout(HANG)
+    });
+    assert_eq!(err, Some(Error::DeadlineExceeded));
+}

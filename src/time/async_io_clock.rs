@@ -15,7 +15,10 @@ use super::{Clock, Instant, StdClock, TimerKey};
 /// Each deadline registers one `async_io::Timer` with the reactor, which wakes the context
 /// directly when it fires; cancelling a deadline deregisters it. The reactor is driven by
 /// whichever thread runs `async_io::block_on` (smol and async-std do), or by async-io's own
-/// fallback thread.
+/// fallback thread, which also takes over while a `block_on` thread is blocked (a blocking
+/// `wait_timeout` inside `block_on` still sees its deadline). The reactor is process-wide
+/// and never shuts down, so deadlines do not depend on any executor staying alive; a future
+/// whose executor is gone is still never polled again.
 ///
 /// ```
 /// use cancelctx::{AsyncIoClock, Context, Error};

@@ -17,7 +17,10 @@ use crate::sync::{Arc, Mutex};
 /// need no sleeps. Timers fire in deadline order, on the thread that moved the clock.
 ///
 /// Moves are serialized: when two threads move the clock at once, each call returns only
-/// after every timer due at its time has fired, whichever thread fired it. A callback fired
+/// after every timer due at its time has fired, whichever thread fired it. The same holds
+/// while other threads cancel or create contexts: a context whose deadline is due is done
+/// when the move returns, even if another thread's cancel is still walking its subtree
+/// (the move then waits for that walk). A callback fired
 /// by a move may itself move the same clock (with `std`; without `std` that deadlocks).
 ///
 /// # Examples
