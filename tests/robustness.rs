@@ -632,6 +632,8 @@ mod executor_stopped {
         assert_eq!(err, Some(Error::DeadlineExceeded));
     }
 
+    /// A design pin, not a regression test (it passed before the backup existed): the std
+    /// clock backup must not complete a deadline that virtual time has not reached.
     #[test]
     fn paused_time_still_decides_tokio_deadlines() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -652,6 +654,8 @@ mod executor_stopped {
     }
 }
 
+/// A pin, not a regression test (it passed before #12): async-io's fallback driver thread
+/// serves timers while the `block_on` thread is blocked, so `AsyncIoClock` needs no backup.
 #[cfg(feature = "async-io")]
 #[test]
 fn async_io_deadline_with_the_block_on_thread_blocked() {
