@@ -66,8 +66,7 @@ impl Waiter {
         // Never done: nothing to register, nothing to allocate.
         let Some(node) = ctx.scope() else { return Poll::Pending };
         if let Some(err) = node.err() {
-            self.listener = None;
-            self.finished = true;
+            self.resolved();
             return Poll::Ready(err);
         }
         // `event-listener` wakes tasks under its lock, where a panicking waker would corrupt
@@ -80,8 +79,20 @@ impl Waiter {
         #[cfg(all(feature = "std", not(loom)))]
         let cx = &mut cx;
         let result = poll_node(node, &mut self.listener, cx);
-        self.finished = result.is_ready();
+        if result.is_ready() {
+            self.resolved();
+        }
         result
+    }
+
+    /// Done: nothing stays registered, and the task's waker is released.
+    fn resolved(&mut self) {
+        self.listener = None;
+        self.finished = true;
+        #[cfg(all(feature = "std", not(loom)))]
+        if let Some(relay) = &self.relay {
+            relay.release_task();
+        }
     }
 }
 
@@ -123,6 +134,14 @@ mod relay {
                 *slot = Some(task.clone());
             }
             &self.waker
+        }
+    }
+
+    impl Relay {
+        /// Drops the task's waker (the future has resolved: nothing will wake it again).
+        pub(super) fn release_task(&self) {
+            let task = self.shared.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(task); // outside the lock
         }
     }
 
