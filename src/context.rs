@@ -794,8 +794,10 @@ impl CancelGuard {
     ///
     /// # Panics
     ///
-    /// If an `after_func` callback panics, the cancellation still completes (every other
-    /// callback runs, every waiter is woken), then the first panic resumes here.
+    /// If user code run by the cancellation panics (an `after_func` callback, a task's waker,
+    /// the clock's `cancel`), the cancellation still completes (every descendant is marked
+    /// done, every other callback runs, every waiter is woken), then the first panic resumes
+    /// here.
     ///
     /// ```
     /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();

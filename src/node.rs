@@ -33,9 +33,10 @@
 //! [`Walk`] goes through the subtree with an explicit work list (never recursion): under each
 //! node's lock it takes the children, callbacks and timer, marks every child done
 //! (`INHERITED`), and queues those that have waiters or links of their own, holding a counted
-//! reference so they outlive the lock. Only once the whole subtree is done (FINISHED) are
-//! waiters woken and callbacks run, with no lock held. A completion that loses the race waits
-//! for FINISHED, so every `cancel()` returns with the subtree done.
+//! reference so they outlive the lock. Only once the whole subtree is done (FINISHED) does
+//! user code run, with no lock held: timers are released on their clocks, waiters are woken
+//! and callbacks run, each isolated from the others' panics. A completion that loses the race
+//! waits for FINISHED, so every `cancel()` returns with the subtree done.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
