@@ -55,7 +55,7 @@ pub(crate) struct TimerWaker {
 }
 
 /// An id for the current thread, with the two low bits clear (the address of an aligned
-/// thread-local); 0 without `std`.
+/// thread-local); 0 without `std` (and while this thread's thread-locals are destroyed).
 fn this_thread() -> usize {
     #[cfg(feature = "std")]
     {
@@ -67,7 +67,9 @@ fn this_thread() -> usize {
             #[allow(clippy::missing_const_for_thread_local)] // loom's has no const form
             static ID: u64 = 0;
         }
-        ID.with(|id| core::ptr::from_ref(id) as usize)
+        // During thread-local destruction there is no id: 0 then, which at worst leaves a
+        // wake-up to the armer (as without `std`), never loses it.
+        ID.try_with(|id| core::ptr::from_ref(id) as usize).unwrap_or(0)
     }
     #[cfg(not(feature = "std"))]
     {
