@@ -559,7 +559,9 @@ struct Walk {
     callbacks: Vec<Arc<Callback>>,
     /// References that claimed callbacks held on their nodes, dropped last.
     held: Vec<NodeRef>,
-    /// Timer keys taken from completed deadline nodes, released after FINISHED.
+    /// Timer keys taken from completed deadline nodes, released after FINISHED. The first
+    /// one is kept inline: cancelling a single deadline context then allocates nothing.
+    timer: Option<(ClockRef, TimerKey)>,
     timers: Vec<(ClockRef, TimerKey)>,
 }
 
@@ -579,6 +581,7 @@ impl Walk {
             foreign: Vec::new(),
             callbacks: Vec::new(),
             held: Vec::new(),
+            timer: None,
             timers: Vec::new(),
         }
     }
@@ -598,13 +601,14 @@ impl Walk {
         if old & LINKS != 0 {
             first.state.fetch_or(FINISHED, Ordering::Release);
         }
-        let Walk { visited, foreign, callbacks, held, timers, .. } = self;
+        let Walk { visited, foreign, callbacks, held, timer, timers, .. } = self;
         let first_wake = (old & WAITERS != 0).then_some(first);
         let wakes = first_wake
             .into_iter()
             .chain(visited.iter().filter(|(_, old)| old & WAITERS != 0).map(|(node, _)| &**node));
-        let effects = timers
+        let effects = timer
             .into_iter()
+            .chain(timers)
             .map(|(clock, key)| Effect::ReleaseTimer(clock, key))
             .chain(wakes.map(Effect::Wake))
             .chain(callbacks.into_iter().map(Effect::Call));
@@ -662,7 +666,11 @@ impl Walk {
             inner.timer.take()
         });
         if let (Some(Some(key)), Some(meta)) = (taken, &node.meta) {
-            self.timers.push((meta.clock.clone(), key));
+            let taken = (meta.clock.clone(), key);
+            match self.timer {
+                None => self.timer = Some(taken),
+                Some(_) => self.timers.push(taken),
+            }
         }
     }
 }

@@ -168,7 +168,9 @@ mod relay {
 ///
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
 /// registered or allocated. Otherwise the first poll that finds the context live allocates
-/// one listener. Dropping the future unregisters it.
+/// one listener and (with `std`) a small relay waker, which keeps a panicking task waker from
+/// disturbing the other waiters (see [`CancelGuard::cancel`](crate::CancelGuard::cancel)).
+/// Dropping the future unregisters it.
 ///
 /// ```
 /// use cancelctx::{Context, Error};
