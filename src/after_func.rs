@@ -87,6 +87,11 @@ pub struct AfterFunc {
     inner: Registration,
 }
 
+// Unwind safety: as for `Context` (see its docs); the callback state is one atomic claimed
+// once, and a stopped or run function is never observed again.
+impl core::panic::UnwindSafe for AfterFunc {}
+impl core::panic::RefUnwindSafe for AfterFunc {}
+
 enum Registration {
     /// The context can never be done; the function was dropped unrun.
     Never { stopped: core::sync::atomic::AtomicBool },
@@ -136,8 +141,15 @@ impl AfterFunc {
 impl Context {
     /// Arranges for `f` to run once the context is done, on the thread that completes it
     /// (the canceller, or the clock's timer thread for a deadline), with no lock of this crate
-    /// held. If the context is already done, `f` runs at once on this thread. If it can never
-    /// be done ([`Context::background`], [`Context::without_cancel`]), `f` is dropped unrun.
+    /// held. If the context is already done, `f` runs at once on this thread, after the
+    /// completion that made it done has marked the whole subtree done.
+    ///
+    /// **If the context can never be done** ([`Context::background`], a
+    /// [`with_clock`](Context::with_clock) root, [`Context::without_cancel`]; see
+    /// [`can_be_done`](Context::can_be_done)), **`f` is dropped at once, unrun**, and
+    /// everything it captured with it: a channel sender captured to turn "done" into a
+    /// message disconnects immediately. On such contexts wait with
+    /// [`done()`](Context::done) or [`wait()`](Context::wait) instead, which stay pending.
     ///
     /// `f` runs at most once; [`AfterFunc::stop`] prevents it. Callbacks run after the whole
     /// cancelled subtree is marked done and its waiters are woken. A panicking `f` does not
@@ -169,7 +181,11 @@ impl Context {
         if scope.add_callback(node, &callback) {
             AfterFunc { inner: Registration::Pending { callback } }
         } else {
-            // Done already: run at once, on this thread.
+            // Done already: run at once, on this thread, but only once the completion that made
+            // it done has marked the whole subtree (as a losing cancel waits), so `f` never
+            // sees a live descendant. Callbacks run after FINISHED, so `after_func` called
+            // from one never waits for its own walk.
+            scope.wait_finished();
             if callback.claim_for_run().is_some() {
                 callback.run_claimed();
             }

@@ -26,6 +26,16 @@ use crate::timer::TimerWaker;
 /// When the last handle to a context is dropped, it is unlinked from its parent, cancelled
 /// or not, so nothing accumulates under a long-lived parent.
 ///
+/// # Unwind safety
+///
+/// `Context`, [`CancelGuard`] and [`AfterFunc`](crate::AfterFunc) are `UnwindSafe` and
+/// `RefUnwindSafe`, so `catch_unwind(|| work(&ctx))` compiles: a context is safe to observe
+/// after a panic. Its state only changes through single atomic transitions (live to done,
+/// once), its locks never run user code while held (and ignore poisoning), and a completion
+/// interrupted by a panicking callback, waker or clock still finishes marking, waking and
+/// running callbacks before the panic goes on. Values are shared immutably (`Sync`); a value
+/// with its own interior mutability keeps its own unwind-safety story.
+///
 /// # Examples
 ///
 /// ```
@@ -56,6 +66,14 @@ pub(crate) enum Repr {
     /// A value node, or a `without_cancel` node.
     Value(Arc<ValueNode>),
 }
+
+// Unwind safety: see the type docs. Nothing a panic can interrupt leaves a context in a state
+// that another observer could misread (the state word moves once, atomically; the completion
+// walk finishes its bookkeeping before resuming a user panic; locks never hold user code).
+impl core::panic::UnwindSafe for Context {}
+impl core::panic::RefUnwindSafe for Context {}
+impl core::panic::UnwindSafe for CancelGuard {}
+impl core::panic::RefUnwindSafe for CancelGuard {}
 
 pub(crate) struct Root {
     clock: Option<ClockRef>,
@@ -173,6 +191,10 @@ impl Context {
     ///
     /// If this context is already done, the child is born done with the same error and cause.
     ///
+    /// **Keep the guard**: bind it to a name (`let (ctx, guard) = ...` or `_guard`), never to
+    /// `_`, which drops it at once and returns an already cancelled context (see
+    /// [Pitfalls](crate#pitfalls)).
+    ///
     /// ```
     /// use cancelctx::Context;
     /// let (ctx, guard) = Context::unclocked().with_cancel();
@@ -190,7 +212,7 @@ impl Context {
         if let Some(scope) = self.scope() {
             scope.attach(&node);
         }
-        (Context { repr: Repr::Cancel(node) }, CancelGuard { node: Some(guard) })
+        (Context { repr: Repr::Cancel(node) }, CancelGuard { node: Some(guard), drop_cause: None })
     }
 
     /// A child carrying `value`, found by [`value::<T>()`](Context::value) here and in every
@@ -281,6 +303,29 @@ impl Context {
     #[must_use]
     pub fn is_done(&self) -> bool {
         self.err().is_some()
+    }
+
+    /// Whether this context can ever be done: `false` for roots ([`background`](Context::background),
+    /// [`with_clock`](Context::with_clock), [`unclocked`](Context::unclocked)), for
+    /// [`without_cancel`](Context::without_cancel) and for value children of those; `true`
+    /// below any [`with_cancel`](Context::with_cancel) or deadline context. It never changes.
+    ///
+    /// On a context that cannot be done, [`after_func`](Context::after_func) drops its
+    /// function at once, unrun, and [`done()`](Context::done) and [`wait()`](Context::wait)
+    /// never return.
+    ///
+    /// ```
+    /// use cancelctx::Context;
+    /// let root = Context::unclocked();
+    /// assert!(!root.can_be_done());
+    /// let (ctx, _guard) = root.with_value(1u8).with_cancel();
+    /// assert!(ctx.can_be_done() && ctx.with_value(2u8).can_be_done());
+    /// assert!(!ctx.without_cancel().can_be_done());
+    /// ```
+    #[inline]
+    #[must_use]
+    pub fn can_be_done(&self) -> bool {
+        self.scope().is_some()
     }
 
     /// Why the context is done, or `None` while it is live. One atomic load.
@@ -453,6 +498,10 @@ impl Context {
     /// created; if that earlier deadline has passed but its timer has not fired yet, it is
     /// fired now). If `deadline` is not after the clock's `now`, the child is born done.
     ///
+    /// **Keep the guard**: `let (ctx, _guard) = ...`, not `let (ctx, _) = ...`, which drops it
+    /// at once and returns an already cancelled context. For a deadline and no early cancel,
+    /// use [`with_deadline_only`](Context::with_deadline_only), which needs no guard.
+    ///
     /// # Panics
     ///
     /// If the tree has no clock (it is rooted at [`Context::unclocked`]); see
@@ -473,6 +522,10 @@ impl Context {
 
     /// [`with_deadline`](Context::with_deadline) after `timeout` from now on the tree's clock
     /// (a timeout past [`Instant::MAX`] saturates to it).
+    ///
+    /// **Keep the guard**: `let (ctx, _guard) = ...`, not `let (ctx, _) = ...`, which drops it
+    /// at once and returns an already cancelled context. For a deadline and no early cancel,
+    /// use [`with_timeout_only`](Context::with_timeout_only), which needs no guard.
     ///
     /// # Panics
     ///
@@ -495,6 +548,10 @@ impl Context {
     /// [`with_deadline`](Context::with_deadline) whose [`cause`](Context::cause) is `cause`
     /// when the deadline (not a cancel, not the parent) completes it (Go 1.21's
     /// `WithDeadlineCause`). If the parent's deadline is earlier, `cause` is dropped, as in Go.
+    ///
+    /// **Keep the guard**: `let (ctx, _guard) = ...`, not `let (ctx, _) = ...`, which drops it
+    /// at once and returns an already cancelled context. For a deadline and no early cancel,
+    /// use [`with_deadline_only`](Context::with_deadline_only), which needs no guard.
     ///
     /// # Panics
     ///
@@ -521,6 +578,10 @@ impl Context {
 
     /// [`with_timeout`](Context::with_timeout) with a cause, as
     /// [`with_deadline_cause`](Context::with_deadline_cause).
+    ///
+    /// **Keep the guard**: `let (ctx, _guard) = ...`, not `let (ctx, _) = ...`, which drops it
+    /// at once and returns an already cancelled context. For a deadline and no early cancel,
+    /// use [`with_timeout_only`](Context::with_timeout_only), which needs no guard.
     ///
     /// # Panics
     ///
@@ -549,7 +610,7 @@ impl Context {
     }
 
     /// [`with_deadline`](Context::with_deadline), or [`NoClockError`] if the tree has no
-    /// clock.
+    /// clock. Keep the guard (see [`with_deadline`](Context::with_deadline)).
     ///
     /// ```
     /// use cancelctx::{Context, Instant};
@@ -563,6 +624,7 @@ impl Context {
     }
 
     /// [`with_timeout`](Context::with_timeout), or [`NoClockError`] if the tree has no clock.
+    /// Keep the guard (see [`with_timeout`](Context::with_timeout)).
     ///
     /// ```
     /// use cancelctx::{Context, ManualClock};
@@ -578,6 +640,63 @@ impl Context {
         let clock = self.clock_ref().ok_or(NoClockError)?;
         let deadline = clock.get().now().saturating_add(timeout);
         self.deadline_child(deadline, None)
+    }
+
+    /// A child that is done at `deadline` (or when this context is done), with no guard: for
+    /// the common case of "this work has a time limit" with no early cancel.
+    ///
+    /// Nothing leaks without a guard: when the last handle to the returned context is
+    /// dropped, it is unlinked from its parent and its timer is released, as for every
+    /// context. The same rules as [`with_deadline`](Context::with_deadline) apply (an earlier
+    /// parent deadline wins; a deadline not after `now` gives a context that is born done).
+    ///
+    /// # Panics
+    ///
+    /// If the tree has no clock; see [`try_with_deadline`](Context::try_with_deadline).
+    ///
+    /// ```
+    /// use cancelctx::{Context, Error, Instant, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let ctx = Context::with_clock(clock.clone()).with_deadline_only(Instant::from_nanos(10));
+    /// assert!(!ctx.is_done()); // no guard was dropped
+    /// clock.set(Instant::from_nanos(10));
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// drop(ctx); // releases the node (and, had it not fired, the timer)
+    /// assert_eq!(clock.pending_timers(), 0);
+    /// ```
+    #[must_use]
+    #[track_caller]
+    pub fn with_deadline_only(&self, deadline: Instant) -> Context {
+        let (ctx, guard) = self.with_deadline(deadline);
+        guard.detach();
+        ctx
+    }
+
+    /// A child that is done after `timeout` from now on the tree's clock (or when this context
+    /// is done), with no guard; see [`with_deadline_only`](Context::with_deadline_only).
+    ///
+    /// This is what `let (ctx, _) = parent.with_timeout(d)` was meant to say: that line drops
+    /// the guard at once and gives an already cancelled context.
+    ///
+    /// # Panics
+    ///
+    /// If the tree has no clock; see [`try_with_timeout`](Context::try_with_timeout).
+    ///
+    /// ```
+    /// use cancelctx::{Context, Error, ManualClock};
+    /// use core::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let ctx = Context::with_clock(clock.clone()).with_timeout_only(Duration::from_secs(2));
+    /// assert_eq!(ctx.err(), None);
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// ```
+    #[must_use]
+    #[track_caller]
+    pub fn with_timeout_only(&self, timeout: Duration) -> Context {
+        let (ctx, guard) = self.with_timeout(timeout);
+        guard.detach();
+        ctx
     }
 
     fn deadline_child(
@@ -636,8 +755,14 @@ impl fmt::Debug for Context {
 ///
 /// **Dropping the guard cancels the context** (with [`Error::Canceled`]): Rust's answer to
 /// Go's `defer cancel()`, so a forgotten cancel cannot leak a context. Call
-/// [`detach`](CancelGuard::detach) to let go without cancelling. The guard is `Send + Sync`:
+/// [`detach`](CancelGuard::detach) to let go without cancelling, and
+/// [`with_drop_cause`](CancelGuard::with_drop_cause) to say why a drop cancels (for example
+/// "client disconnected" when a request future is dropped). The guard is `Send + Sync`:
 /// share it in an `Arc` to cancel from several places.
+///
+/// A guard bound to `_` is dropped at once: `let (ctx, _) = parent.with_cancel()` gives a
+/// context that is already cancelled. Name it (`_guard`), or use
+/// [`Context::with_timeout_only`] when only a deadline is wanted.
 ///
 /// ```
 /// use cancelctx::{Context, Error};
@@ -649,6 +774,8 @@ impl fmt::Debug for Context {
 #[clippy::has_significant_drop]
 pub struct CancelGuard {
     node: Option<NodeRef>,
+    /// The cause a drop without an explicit cancel completes the context with.
+    drop_cause: Option<Cause>,
 }
 
 impl CancelGuard {
@@ -667,8 +794,10 @@ impl CancelGuard {
     ///
     /// # Panics
     ///
-    /// If an `after_func` callback panics, the cancellation still completes (every other
-    /// callback runs, every waiter is woken), then the first panic resumes here.
+    /// If user code run by the cancellation panics (an `after_func` callback, a task's waker,
+    /// the clock's `cancel`), the cancellation still completes (every descendant is marked
+    /// done, every other callback runs, every waiter is woken), then the first panic resumes
+    /// here.
     ///
     /// ```
     /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
@@ -728,6 +857,51 @@ impl CancelGuard {
         drop(self.node.take());
     }
 
+    /// Sets the cause the context is cancelled with when this guard is dropped without an
+    /// explicit [`cancel`](CancelGuard::cancel) (by default the cause is [`Error::Canceled`]
+    /// itself), and returns the guard. Explicit cancels ignore it; only the first completion
+    /// of a context decides its cause, so a drop after another completion changes nothing.
+    ///
+    /// ```
+    /// use cancelctx::{Context, Error};
+    /// #[derive(Debug)]
+    /// struct ClientDisconnected;
+    /// impl std::fmt::Display for ClientDisconnected {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("client disconnected")
+    ///     }
+    /// }
+    /// impl std::error::Error for ClientDisconnected {}
+    ///
+    /// let (ctx, guard) = Context::unclocked().with_cancel();
+    /// let guard = guard.with_drop_cause(ClientDisconnected);
+    /// drop(guard); // e.g. the request future was dropped mid-flight
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert!(ctx.cause().unwrap().is::<ClientDisconnected>());
+    /// ```
+    pub fn with_drop_cause(
+        mut self,
+        cause: impl core::error::Error + Send + Sync + 'static,
+    ) -> CancelGuard {
+        self.set_drop_cause(alloc::sync::Arc::new(cause));
+        self
+    }
+
+    /// Sets (or replaces) the cause used when this guard is dropped; see
+    /// [`with_drop_cause`](CancelGuard::with_drop_cause). Takes a [`Cause`], so another
+    /// context's cause can be passed on as it is.
+    ///
+    /// ```
+    /// use cancelctx::{Context, NoClockError};
+    /// let (ctx, mut guard) = Context::unclocked().with_cancel();
+    /// guard.set_drop_cause(std::sync::Arc::new(NoClockError));
+    /// drop(guard);
+    /// assert!(ctx.cause().unwrap().is::<NoClockError>());
+    /// ```
+    pub fn set_drop_cause(&mut self, cause: Cause) {
+        self.drop_cause = Some(cause);
+    }
+
     /// Whether the guarded context is done.
     ///
     /// ```
@@ -745,14 +919,17 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            node.complete(Error::Canceled, None);
+            node.complete(Error::Canceled, self.drop_cause.take());
         }
     }
 }
 
 impl fmt::Debug for CancelGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CancelGuard").field("is_done", &self.is_done()).finish()
+        f.debug_struct("CancelGuard")
+            .field("is_done", &self.is_done())
+            .field("drop_cause", &self.drop_cause)
+            .finish()
     }
 }
 

@@ -161,6 +161,26 @@
 //! (a bare atomic, `Arc::new`, event-listener) in every group, so each figure is a ratio.
 //!
 //! [BENCHMARKS.md]: https://docs.rs/crate/cancelctx/latest/source/BENCHMARKS.md
+//! # Pitfalls
+//!
+//! - **`let (ctx, _) = parent.with_timeout(d)` is already cancelled.** `_` is not a name: it
+//!   drops the [`CancelGuard`] at once, and dropping the guard cancels. Keep the guard
+//!   (`let (ctx, _guard) = ...`), or, when only the deadline matters, write
+//!   [`parent.with_timeout_only(d)`](Context::with_timeout_only) /
+//!   [`with_deadline_only`](Context::with_deadline_only), which return no guard (dropping the
+//!   context releases its timer, so nothing leaks).
+//! - **A dropped guard says only `Canceled`.** To tell "dropped mid-flight" from "finished
+//!   normally", give the guard a cause: [`CancelGuard::with_drop_cause`].
+//! - **`done()` resolves to the [`Error`].** APIs that want `Future<Output = ()>` (server
+//!   shutdown signals) take [`Context::cancelled`] / [`Context::cancelled_owned`].
+//! - **`after_func` on a context that can never be done drops `f` at once, unrun.**
+//!   [`Context::background`], [`Context::with_clock`] roots and
+//!   [`without_cancel`](Context::without_cancel) children are never done, so a channel sender
+//!   captured in `f` disconnects at once. Check [`Context::can_be_done`] first, or wait with
+//!   [`done()`](Context::done) / [`wait()`](Context::wait), which stay pending there.
+//! - **Callbacks and deadlines run on other threads' stacks.** `after_func` callbacks run on
+//!   the completing thread (the canceller, or the clock's timer thread): keep them short and
+//!   never block in them on work that needs that thread.
 //!
 //! # Memory ordering
 //!
@@ -255,7 +275,7 @@ pub use time::TokioClock;
 pub use time::{Clock, Instant, ManualClock, TimerKey};
 #[cfg(feature = "tokio-util")]
 pub use tokio_util::{BoundToken, TokenCancelled};
-pub use wait::{Done, DoneOwned, Run};
+pub use wait::{Cancelled, CancelledOwned, Done, DoneOwned, Run};
 pub use wait_group::{Track, WaitGroup, WaitGroupWait, WaitGuard};
 
 /// The README's examples are compiled and run as doc tests.

@@ -33,9 +33,10 @@
 //! [`Walk`] goes through the subtree with an explicit work list (never recursion): under each
 //! node's lock it takes the children, callbacks and timer, marks every child done
 //! (`INHERITED`), and queues those that have waiters or links of their own, holding a counted
-//! reference so they outlive the lock. Only once the whole subtree is done (FINISHED) are
-//! waiters woken and callbacks run, with no lock held. A completion that loses the race waits
-//! for FINISHED, so every `cancel()` returns with the subtree done.
+//! reference so they outlive the lock. Only once the whole subtree is done (FINISHED) does
+//! user code run, with no lock held: timers are released on their clocks, waiters are woken
+//! and callbacks run, each isolated from the others' panics. A completion that loses the race
+//! waits for FINISHED, so every `cancel()` returns with the subtree done.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -246,18 +247,21 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
             }
         }
     }
-    if let Some(meta) = &node.meta {
-        // The timer can no longer reach this node; then release the wake-up itself.
+    // The timer can no longer reach this node once the waker's pointer is cleared; its key
+    // is released on the clock (user code) only after the node is freed, so a panicking
+    // `Clock::cancel` cannot leave a half-freed node behind.
+    let timer = node.meta.as_ref().and_then(|meta| {
         *meta.waker.node.lock() = None;
-        let timer = node.inner.lock().as_mut().and_then(|inner| inner.timer.take());
-        if let Some(key) = timer {
-            meta.clock.get().cancel(key);
-        }
-    }
+        let key = node.inner.lock().as_mut().and_then(|inner| inner.timer.take())?;
+        Some((meta.clock.clone(), key))
+    });
     // SAFETY: allocated by `Box` in `new_pair`, unreachable from the scope and from the
     // timer now, and this is the last reference.
     let boxed = unsafe { Box::from_raw(ptr.0.as_ptr()) };
     let CancelNode { parent, .. } = *boxed;
+    if let Some((clock, key)) = timer {
+        clock.get().cancel(key);
+    }
     parent
 }
 
@@ -389,6 +393,11 @@ impl CancelNode {
         }
     }
 
+    /// Takes the timer key out of the node: its wake-up has fired, so nobody must cancel it.
+    pub(crate) fn take_timer(&self) -> Option<TimerKey> {
+        self.inner.lock().as_mut().and_then(|inner| inner.timer.take())
+    }
+
     /// The explicit cause stored by the completer (valid once CAUSE is seen with Acquire).
     fn stored_cause(&self) -> Option<Cause> {
         self.inner.lock().as_ref().and_then(|inner| inner.cause.clone())
@@ -487,7 +496,7 @@ impl CancelNode {
     /// includes this node's, is done) or the node the walk started from (completed directly),
     /// waits for that one, then marks the nodes it passed FINISHED too (path compression), so
     /// later losers below them return after one load: amortized O(1) per losing cancel.
-    fn wait_finished(&self) {
+    pub(crate) fn wait_finished(&self) {
         let mut node = self;
         loop {
             // memory ordering: Acquire pairs with the Release that sets FINISHED (by the walk,
@@ -520,13 +529,22 @@ impl CancelNode {
 
 /// One completion spreading through a subtree: an explicit work list instead of recursion.
 ///
-/// Order of effects: (1) every descendant is marked done, under each node's lock, and timers
-/// are released; (2) the walk waits for subtrees that another thread completed first and is
-/// still walking; (3) FINISHED is set on the first node (nodes without links got it in their
-/// transition; losers mark the paths they walk up); (4) waiters are woken; (5) callbacks
-/// run; (6) the references taken for the walk are dropped (which may free nodes). No user
-/// code (wakers, callbacks, the `Drop` of context values) runs before (3), so user code that
-/// cancels anything in this subtree sees it finished instead of waiting on this walk.
+/// Order of effects: (1) every descendant is marked done, under each node's lock, and the
+/// timer keys, callbacks and references to keep are collected; (2) the walk waits for
+/// subtrees that another thread completed first and is still walking; (3) FINISHED is set on
+/// the first node (nodes without links got it in their transition; losers mark the paths they
+/// walk up). Only then does user code run: (4) the timers are released on their clocks, (5)
+/// waiters are woken, (6) callbacks run, (7) the references taken for the walk are dropped
+/// (which may free nodes and drop user values).
+///
+/// No user code runs before (3), so user code that cancels or waits on anything in this
+/// subtree sees it finished instead of waiting on this walk, and a panic of user code cannot
+/// leave the subtree unfinished. Steps (4)-(6) each run isolated: a panicking
+/// `Clock::cancel`, task waker or callback skips nothing; the first panic resumes at the end.
+///
+/// Releasing timers after FINISHED (not while marking) is what makes a concurrent clock move
+/// reliable: while the walk marks, every timer of the subtree is still on its clock, so a
+/// move to a due deadline fires it, and that losing completion waits for this walk.
 struct Walk {
     status: u32,
     /// Nodes completed by this walk that still need a visit, with their previous state.
@@ -541,6 +559,17 @@ struct Walk {
     callbacks: Vec<Arc<Callback>>,
     /// References that claimed callbacks held on their nodes, dropped last.
     held: Vec<NodeRef>,
+    /// Timer keys taken from completed deadline nodes, released after FINISHED. The first
+    /// one is kept inline: cancelling a single deadline context then allocates nothing.
+    timer: Option<(ClockRef, TimerKey)>,
+    timers: Vec<(ClockRef, TimerKey)>,
+}
+
+/// One piece of user code a walk runs after FINISHED.
+enum Effect<'a> {
+    ReleaseTimer(ClockRef, TimerKey),
+    Wake(&'a CancelNode),
+    Call(Arc<Callback>),
 }
 
 impl Walk {
@@ -552,6 +581,8 @@ impl Walk {
             foreign: Vec::new(),
             callbacks: Vec::new(),
             held: Vec::new(),
+            timer: None,
+            timers: Vec::new(),
         }
     }
 
@@ -570,16 +601,25 @@ impl Walk {
         if old & LINKS != 0 {
             first.state.fetch_or(FINISHED, Ordering::Release);
         }
-        if old & WAITERS != 0 {
-            first.event.notify(usize::MAX);
-        }
-        for (node, old) in &self.visited {
-            if old & WAITERS != 0 {
-                node.event.notify(usize::MAX);
-            }
-        }
-        crate::panic::for_each_isolated(self.callbacks, |callback| callback.run_claimed());
-        // `visited`, `foreign` and `held` drop here, after everything else.
+        let Walk { visited, foreign, callbacks, held, timer, timers, .. } = self;
+        let first_wake = (old & WAITERS != 0).then_some(first);
+        let wakes = first_wake
+            .into_iter()
+            .chain(visited.iter().filter(|(_, old)| old & WAITERS != 0).map(|(node, _)| &**node));
+        let effects = timer
+            .into_iter()
+            .chain(timers)
+            .map(|(clock, key)| Effect::ReleaseTimer(clock, key))
+            .chain(wakes.map(Effect::Wake))
+            .chain(callbacks.into_iter().map(Effect::Call));
+        let panic = crate::panic::for_each_caught(effects, |effect| match effect {
+            Effect::ReleaseTimer(clock, key) => clock.get().cancel(key),
+            Effect::Wake(node) => crate::panic::notify_all(&node.event),
+            Effect::Call(callback) => callback.run_claimed(),
+        });
+        // Last, the references (whose release may drop user values), then the first panic.
+        drop((visited, foreign, held));
+        crate::panic::resume(panic);
     }
 
     fn visit(&mut self, node: &CancelNode, old: u32) {
@@ -626,7 +666,11 @@ impl Walk {
             inner.timer.take()
         });
         if let (Some(Some(key)), Some(meta)) = (taken, &node.meta) {
-            meta.clock.get().cancel(key);
+            let taken = (meta.clock.clone(), key);
+            match self.timer {
+                None => self.timer = Some(taken),
+                Some(_) => self.timers.push(taken),
+            }
         }
     }
 }

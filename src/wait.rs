@@ -51,11 +51,13 @@ fn poll_node(
     }
 }
 
-/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener and whether the
-/// future has resolved.
+/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener, the relay waker
+/// (with `std`) and whether the future has resolved.
 #[derive(Default)]
 struct Waiter {
     listener: Option<EventListener>,
+    #[cfg(all(feature = "std", not(loom)))]
+    relay: Option<relay::Relay>,
     finished: bool,
 }
 
@@ -63,9 +65,102 @@ impl Waiter {
     fn poll(&mut self, ctx: &Context, cx: &mut TaskContext<'_>) -> Poll<Error> {
         // Never done: nothing to register, nothing to allocate.
         let Some(node) = ctx.scope() else { return Poll::Pending };
+        if let Some(err) = node.err() {
+            self.resolved();
+            return Poll::Ready(err);
+        }
+        // `event-listener` wakes tasks under its lock, where a panicking waker would corrupt
+        // its count of notified listeners: it gets the relay, which contains the panic and
+        // defers it to the completer (see `relay`).
+        #[cfg(all(feature = "std", not(loom)))]
+        let mut cx = TaskContext::from_waker(
+            self.relay.get_or_insert_with(relay::Relay::default).waker_for(cx.waker()),
+        );
+        #[cfg(all(feature = "std", not(loom)))]
+        let cx = &mut cx;
         let result = poll_node(node, &mut self.listener, cx);
-        self.finished = result.is_ready();
+        if result.is_ready() {
+            self.resolved();
+        }
         result
+    }
+
+    /// Done: nothing stays registered, and the task's waker is released.
+    fn resolved(&mut self) {
+        self.listener = None;
+        self.finished = true;
+        #[cfg(all(feature = "std", not(loom)))]
+        if let Some(relay) = &self.relay {
+            relay.release_task();
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+mod relay {
+    //! The waker a [`Waiter`](super::Waiter) gives `event-listener`: it forwards to the task's
+    //! waker and catches a panic of that waker, handing it to the completing thread (through
+    //! `crate::panic::defer`), which resumes it after its walk: every other waiter is woken
+    //! and `event-listener` never sees a panic inside `notify`.
+    use alloc::sync::Arc;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Mutex;
+    use std::task::{Wake, Waker};
+
+    /// The relay and a `Waker` made from it (kept, so a poll makes no new one).
+    pub(super) struct Relay {
+        shared: Arc<Shared>,
+        waker: Waker,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        task: Mutex<Option<Waker>>,
+    }
+
+    impl Default for Relay {
+        fn default() -> Relay {
+            let shared = Arc::new(Shared::default());
+            Relay { waker: Waker::from(shared.clone()), shared }
+        }
+    }
+
+    impl Relay {
+        /// Points the relay at `task` (the waker of the latest poll) and returns the waker to
+        /// register with the listener.
+        pub(super) fn waker_for(&self, task: &Waker) -> &Waker {
+            let mut slot = self.shared.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !slot.as_ref().is_some_and(|old| old.will_wake(task)) {
+                *slot = Some(task.clone());
+            }
+            &self.waker
+        }
+    }
+
+    impl Relay {
+        /// Drops the task's waker (the future has resolved: nothing will wake it again).
+        pub(super) fn release_task(&self) {
+            let task = self.shared.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(task); // outside the lock
+        }
+    }
+
+    impl Wake for Shared {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let woken = catch_unwind(AssertUnwindSafe(|| {
+                let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(task) = task {
+                    task.wake();
+                }
+            }));
+            if let Err(payload) = woken {
+                crate::panic::defer(payload);
+            }
+        }
     }
 }
 
@@ -73,7 +168,9 @@ impl Waiter {
 ///
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
 /// registered or allocated. Otherwise the first poll that finds the context live allocates
-/// one listener. Dropping the future unregisters it.
+/// one listener and (with `std`) a small relay waker, which keeps a panicking task waker from
+/// disturbing the other waiters (see [`CancelGuard::cancel`](crate::CancelGuard::cancel)).
+/// Dropping the future unregisters it.
 ///
 /// ```
 /// use cancelctx::{Context, Error};
@@ -143,6 +240,83 @@ impl FusedFuture for DoneOwned {
 impl fmt::Debug for DoneOwned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DoneOwned").field("err", &self.ctx.err()).finish_non_exhaustive()
+    }
+}
+
+/// Future returned by [`Context::cancelled`]: resolves to `()` once the context is done.
+///
+/// The same as [`Done`] without the error, for APIs that want a `Future<Output = ()>`
+/// (graceful-shutdown signals in hyper and axum, `tokio-util`'s `cancelled()` shape). Read
+/// [`Context::err`] afterwards if the reason matters.
+///
+/// ```
+/// use cancelctx::Context;
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// std::thread::spawn(move || guard.cancel());
+/// let (): () = futures::executor::block_on(ctx.cancelled());
+/// assert!(ctx.is_done());
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Cancelled<'a> {
+    done: Done<'a>,
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+impl FusedFuture for Cancelled<'_> {
+    fn is_terminated(&self) -> bool {
+        self.done.is_terminated()
+    }
+}
+
+impl fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelled").field("err", &self.done.ctx.err()).finish_non_exhaustive()
+    }
+}
+
+/// The `'static` form of [`Cancelled`], returned by [`Context::cancelled_owned`]: it holds a
+/// clone of the context, so it can be handed to an API that keeps it (a server's shutdown
+/// signal) or moved into a spawned task.
+///
+/// ```
+/// use cancelctx::{CancelledOwned, Context};
+/// fn serve_until(shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+///     futures::executor::block_on(shutdown); // a server would run until this resolves
+/// }
+/// let (ctx, guard) = Context::unclocked().with_cancel();
+/// let signal: CancelledOwned = ctx.cancelled_owned();
+/// guard.cancel();
+/// serve_until(signal);
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct CancelledOwned {
+    done: DoneOwned,
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+impl FusedFuture for CancelledOwned {
+    fn is_terminated(&self) -> bool {
+        self.done.is_terminated()
+    }
+}
+
+impl fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledOwned").field("err", &self.done.ctx.err()).finish_non_exhaustive()
     }
 }
 
@@ -233,6 +407,31 @@ impl Context {
     /// ```
     pub fn done_owned(&self) -> DoneOwned {
         DoneOwned { ctx: self.clone(), waiter: Waiter::default() }
+    }
+
+    /// A future that resolves to `()` once the context is done; see [`Cancelled`]. Use it
+    /// where an API wants a `Future<Output = ()>`; use [`done`](Context::done) to get the
+    /// error.
+    ///
+    /// ```
+    /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
+    /// drop(guard);
+    /// pollster::block_on(ctx.cancelled());
+    /// ```
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled { done: self.done() }
+    }
+
+    /// The `'static` form of [`cancelled`](Context::cancelled); see [`CancelledOwned`].
+    ///
+    /// ```
+    /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
+    /// let shutdown = ctx.cancelled_owned();
+    /// guard.cancel();
+    /// pollster::block_on(shutdown);
+    /// ```
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned { done: self.done_owned() }
     }
 
     /// Runs `future` until it completes or the context is done, whichever is first; see

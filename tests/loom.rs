@@ -492,3 +492,65 @@ fn reentrant_clock_move_from_callback() {
         assert_eq!(later.err(), Some(Error::DeadlineExceeded));
     });
 }
+
+/// Model 15: a cancel walk races a clock move to a deadline inside the cancelled subtree
+/// (`a` → `d` (deadline 5) → `c` → `e`). When the move returns, `e` is done: either the move
+/// fired `d`'s timer (its completion wins and walks, or loses and waits for the cancel walk),
+/// or the cancel walk had already finished. That holds because the walk releases timers only
+/// after FINISHED; releasing `d`'s timer while still marking (the old order) lets the move
+/// find nothing due and return with `e` live (the stress flake of #12 item 13).
+#[test]
+fn cancel_walk_vs_clock_move_to_a_deadline_in_its_subtree() {
+    model(PREEMPTIONS, || {
+        let (root, clock) = root();
+        let (a, a_guard) = root.with_cancel();
+        let (d, _d_guard) = a.with_deadline(Instant::from_nanos(5));
+        let (c, _c_guard) = d.with_cancel();
+        let (e, _e_guard) = c.with_cancel();
+        let canceller = thread::spawn(move || a_guard.cancel());
+        clock.set(Instant::from_nanos(5));
+        assert!(e.is_done(), "set() returned with a due deadline's descendant live");
+        canceller.join().unwrap();
+        assert_eq!(clock.pending_timers(), 0);
+    });
+}
+
+/// Model 16: a deadline is created (scheduled) while another thread moves the clock past it,
+/// so the wake-up may come inside `schedule` (the clock already passed it) or from the mover
+/// while the creator is still between `schedule` and storing the key (the ARMING/WOKEN
+/// handoff in `timer.rs`). Either way the context ends up done, the mover returns only once
+/// it is (if the timer was already on the clock), and no timer is left behind.
+#[test]
+fn deadline_armed_while_the_clock_moves_past_it() {
+    model(PREEMPTIONS, || {
+        let (root, clock) = root();
+        let k = clock.clone();
+        let mover = thread::spawn(move || k.set(Instant::from_nanos(5)));
+        let (ctx, _guard) = root.with_deadline(Instant::from_nanos(5));
+        mover.join().unwrap();
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded), "a wake-up was lost");
+        assert_eq!(clock.pending_timers(), 0);
+    });
+}
+
+/// Model 17: `after_func` on a context another thread is cancelling: whether `f` is run by
+/// the walk or inline (the context was already done), it runs after the whole subtree is
+/// marked done: inline registration waits for the walk, as a losing cancel does.
+#[test]
+fn after_func_on_a_context_being_cancelled_sees_the_subtree_done() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (a, a_guard) = root.with_cancel();
+        let (b, _b_guard) = a.with_cancel();
+        let (c, _c_guard) = b.with_cancel();
+        let canceller = thread::spawn(move || a_guard.cancel());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let _handle = a.after_func(move || {
+            assert!(c.is_done(), "after_func ran before the subtree was marked done");
+            s.fetch_add(1, Ordering::Relaxed);
+        });
+        canceller.join().unwrap();
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
+    });
+}

@@ -81,7 +81,8 @@ struct Tracked<C> {
 
 #[derive(Default)]
 struct Track {
-    /// Keys scheduled and not cancelled.
+    /// Keys scheduled and neither fired nor cancelled (the library never cancels a key whose
+    /// wake-up it has seen).
     outstanding: Mutex<HashSet<TimerKey>>,
     schedules: AtomicUsize,
     /// Probe wakers the inner clock still holds (or has not dropped yet).
@@ -104,13 +105,23 @@ impl Track {
 struct Probe {
     inner: Waker,
     track: Arc<Track>,
+    /// The key, once `schedule` returned it; `fired` if woken before that.
+    key: Mutex<(Option<TimerKey>, bool)>,
 }
 
 impl Wake for Probe {
     fn wake(self: Arc<Self>) {
-        self.inner.wake_by_ref();
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
+        let key = {
+            let mut k = self.key.lock().unwrap();
+            k.1 = true;
+            k.0
+        };
+        if let Some(key) = key {
+            self.track.outstanding.lock().unwrap().remove(&key);
+        }
         self.inner.wake_by_ref();
     }
 }
@@ -135,9 +146,17 @@ impl<C: Clock> Clock for Tracked<C> {
     fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
         self.track.live_wakers.fetch_add(1, SeqCst);
         self.track.schedules.fetch_add(1, SeqCst);
-        let probe = Waker::from(Arc::new(Probe { inner: waker, track: self.track.clone() }));
-        let key = self.inner.schedule(deadline, probe);
-        self.track.outstanding.lock().unwrap().insert(key);
+        let probe = Arc::new(Probe {
+            inner: waker,
+            track: self.track.clone(),
+            key: Mutex::new((None, false)),
+        });
+        let key = self.inner.schedule(deadline, Waker::from(probe.clone()));
+        let mut k = probe.key.lock().unwrap();
+        k.0 = Some(key);
+        if !k.1 {
+            self.track.outstanding.lock().unwrap().insert(key);
+        }
         key
     }
 

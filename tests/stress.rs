@@ -333,7 +333,27 @@ impl Round {
         }
     }
 
-    /// Checks that every pool entry whose deadline is at or before `now` is done.
+    /// Checks the clock-move guarantee: when a move to `now` has returned, every context in
+    /// the pool whose deadline (its own or inherited) is at or before `now` is done.
+    ///
+    /// Why this holds whatever else runs, for an entry `e` whose deadline comes from its
+    /// deadline owner `d` (`e` itself or the nearest ancestor with a timer):
+    ///
+    /// - `d`'s timer is on the clock when the move reaches it: the move fires it; the
+    ///   completion either wins (its walk has marked `e` when the move returns) or loses and
+    ///   waits for the winning walk's FINISHED.
+    /// - `d`'s timer is off the clock because `d` is done: a walk completed `d`. Walks take
+    ///   timer keys while marking but release them on the clock only after FINISHED, so a
+    ///   timer is gone only once `d`'s whole subtree is marked. (Before #12 item 13 a walk
+    ///   released `d`'s timer while still marking below it: the move found nothing due and
+    ///   returned with `e` live, the flake seen with seed 1796080911586297199.)
+    /// - `d`'s timer is not on the clock yet (`d` is being created): if the move's wake-up
+    ///   comes while the creating thread is still inside `schedule`, the mover waits for it
+    ///   and then fires (`timer.rs`); if the move came first, `schedule` finds the deadline
+    ///   passed and the creating thread completes `d` before `with_deadline` returns, i.e.
+    ///   before `e` is in the pool. Entries created after the move are born done.
+    ///
+    /// Moves are serialized, and this runs on the thread that moved.
     #[track_caller]
     fn assert_due_done(&self, now: CtxInstant) {
         let pool = self.pool.lock().unwrap();

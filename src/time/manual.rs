@@ -17,7 +17,10 @@ use crate::sync::{Arc, Mutex};
 /// need no sleeps. Timers fire in deadline order, on the thread that moved the clock.
 ///
 /// Moves are serialized: when two threads move the clock at once, each call returns only
-/// after every timer due at its time has fired, whichever thread fired it. A callback fired
+/// after every timer due at its time has fired, whichever thread fired it. The same holds
+/// while other threads cancel or create contexts: a context whose deadline is due is done
+/// when the move returns, even if another thread's cancel is still walking its subtree
+/// (the move then waits for that walk). A callback fired
 /// by a move may itself move the same clock (with `std`; without `std` that deadlocks).
 ///
 /// # Examples
@@ -138,19 +141,27 @@ impl ManualClock {
 
     fn move_to(&self, to: impl FnOnce(Instant) -> Instant) {
         let _mover = self.lock_mover();
-        let mut state = self.inner.state.lock();
-        let to = to(state.now);
-        if to > state.now {
-            state.now = to;
+        {
+            let mut state = self.inner.state.lock();
+            let to = to(state.now);
+            if to > state.now {
+                state.now = to;
+            }
         }
-        let now = state.now;
-        let later = state.timers.split_off(&TimerKey::new(now, u64::MAX));
-        let due = core::mem::replace(&mut state.timers, later);
-        drop(state);
-        // Wake with no lock held: waking completes contexts and runs their callbacks, which
-        // may schedule or cancel timers on this same clock. A panicking callback does not
-        // keep the other due timers from firing; the first panic resumes afterwards.
-        crate::panic::for_each_isolated(due.into_values(), Waker::wake);
+        // Take the due timers one at a time, each with the lock held only to take it, and
+        // wake with no lock held: waking completes contexts and runs their callbacks, which
+        // may schedule or cancel timers on this clock, or move it (a nested move then finds
+        // the rest of the due timers still here and fires them before it returns). Due means
+        // due at the current time, which a nested move may have pushed further. A panicking
+        // callback does not keep the other due timers from firing; the first panic resumes
+        // afterwards.
+        let due = core::iter::from_fn(|| {
+            let mut state = self.inner.state.lock();
+            let now = state.now;
+            let entry = state.timers.first_entry()?;
+            (entry.key().deadline() <= now).then(|| entry.remove())
+        });
+        crate::panic::for_each_isolated(due, Waker::wake);
     }
 
     /// Serializes moves; a move made from a callback that this thread's move is firing

@@ -91,19 +91,29 @@ impl TimerKey {
 /// - `schedule(deadline, waker)` wakes `waker` once, at or after `deadline` as `now` reports
 ///   it. If the deadline has already passed it may wake at once, even before returning.
 ///   Waking early, late or twice is harmless: the context checks `now() >= deadline` when
-///   woken, re-schedules if early and ignores a second wake. Waking late delays the
-///   deadline; a clock that never wakes never completes it (`err()` is a single load and
-///   does not read the clock, though [`remaining`](crate::Context::remaining) reports zero).
+///   woken, re-schedules if early and ignores a second wake. A wake inside `schedule` never
+///   nests (the context re-checks after `schedule` returns), and a clock that keeps waking
+///   early without its time moving (a coarse tick rounding a deadline down) is asked for
+///   later instants until it takes one. Waking late delays the deadline; a clock that never
+///   wakes never completes it (`err()` is a single load and does not read the clock, though
+///   [`remaining`](crate::Context::remaining) reports zero).
 /// - `cancel(key)` releases the wake-up (and the `Waker`) if it has not fired yet, and is a
-///   no-op otherwise. It must not call the waker.
+///   no-op otherwise. It must not call the waker. **Timers that fire when due are not
+///   cancelled**: a clock must forget a timer when it fires it (as `on_interrupt` below
+///   does); the crate calls `cancel` for wake-ups of contexts cancelled or dropped before
+///   their deadline, and for a wake-up that came *early* when it schedules the next one.
+///   Only those, and a wake-up racing with a cancel on another thread, can reach `cancel`
+///   after firing, which is why `cancel` must accept keys it no longer knows.
 /// - Neither method may block on, or call back into, a context; wakers are called with no
 ///   clock lock held, because waking a context runs its `after_func` callbacks.
 ///
 /// # Writing a clock for an embedded timer
 ///
 /// A `no_std` clock needs a counter to read and a way to get an interrupt at a given count.
-/// Keep the pending wakers in a queue ordered by deadline, arm the comparator for the
-/// earliest, and wake the due ones from the interrupt (or, better, from a task it signals):
+/// Keep the pending wakers in a queue ordered by deadline and keep the comparator armed for
+/// the earliest one: after `schedule` (a new earliest), after `cancel` (the earliest may be
+/// gone) and after each interrupt (the next one). Wake the due ones from the interrupt (or,
+/// better, from a task it signals), with no lock held:
 ///
 /// ```
 /// extern crate alloc;
@@ -113,11 +123,35 @@ impl TimerKey {
 /// use cancelctx::{Clock, Instant, TimerKey};
 /// # use std::sync::Mutex; // on a microcontroller: critical_section::Mutex<RefCell<..>>
 ///
-/// /// A 1 MHz hardware counter, simulated here by an atomic.
+/// /// A 1 MHz hardware counter and its compare register, simulated here by atomics.
 /// static TICKS: AtomicU64 = AtomicU64::new(0);
+/// static COMPARE: AtomicU64 = AtomicU64::new(u64::MAX); // MAX: interrupt disabled
 ///
 /// struct HwClock {
 ///     timers: Mutex<(u64, BTreeMap<TimerKey, Waker>)>,
+/// }
+///
+/// impl HwClock {
+///     /// Points the comparator at the earliest pending deadline (or disables it), rounding
+///     /// up to the next tick so that it never fires early.
+///     fn rearm(timers: &BTreeMap<TimerKey, Waker>) {
+///         let at = timers.keys().next().map_or(u64::MAX, |k| k.deadline().as_nanos().div_ceil(1_000));
+///         COMPARE.store(at, Ordering::Release);
+///     }
+///
+///     /// The timer interrupt (or a task it wakes): forget and wake every due timer, then
+///     /// re-arm for the next one.
+///     fn on_interrupt(&self) {
+///         let now = self.now();
+///         let due: Vec<Waker> = {
+///             let mut t = self.timers.lock().unwrap();
+///             let later = t.1.split_off(&TimerKey::new(now, u64::MAX));
+///             let due = core::mem::replace(&mut t.1, later);
+///             Self::rearm(&t.1);
+///             due.into_values().collect()
+///         };
+///         due.into_iter().for_each(Waker::wake); // no lock held
+///     }
 /// }
 ///
 /// impl Clock for HwClock {
@@ -129,33 +163,30 @@ impl TimerKey {
 ///         t.0 += 1;
 ///         let key = TimerKey::new(deadline, t.0);
 ///         t.1.insert(key, waker);
-///         // here: arm the comparator for `t.1.keys().next()`'s deadline
+///         Self::rearm(&t.1);
 ///         key
 ///     }
 ///     fn cancel(&self, key: TimerKey) {
-///         self.timers.lock().unwrap().1.remove(&key);
-///     }
-/// }
-///
-/// impl HwClock {
-///     /// Called from the timer interrupt (or a task it wakes).
-///     fn on_interrupt(&self) {
-///         let now = self.now();
-///         let due: Vec<Waker> = {
-///             let mut t = self.timers.lock().unwrap();
-///             let later = t.1.split_off(&TimerKey::new(now, u64::MAX));
-///             core::mem::replace(&mut t.1, later).into_values().collect()
-///         };
-///         due.into_iter().for_each(Waker::wake); // no lock held
+///         let mut t = self.timers.lock().unwrap();
+///         let removed = t.1.remove(&key);
+///         Self::rearm(&t.1);
+///         drop(t);
+///         drop(removed); // the waker is dropped with no lock held
 ///     }
 /// }
 ///
 /// let clock = std::sync::Arc::new(HwClock { timers: Mutex::new((0, BTreeMap::new())) });
 /// let root = cancelctx::Context::with_clock(clock.clone());
 /// let (ctx, _guard) = root.with_timeout(core::time::Duration::from_millis(5));
+/// let (later, later_guard) = root.with_timeout(core::time::Duration::from_millis(9));
+/// assert_eq!(COMPARE.load(Ordering::Acquire), 5_000);
 /// TICKS.store(5_000, Ordering::Release);
-/// clock.on_interrupt();
+/// clock.on_interrupt(); // the comparator matched
 /// assert_eq!(ctx.err(), Some(cancelctx::Error::DeadlineExceeded));
+/// assert_eq!(COMPARE.load(Ordering::Acquire), 9_000); // re-armed for the next deadline
+/// drop(later_guard); // cancelled early: released, comparator disabled
+/// assert_eq!(COMPARE.load(Ordering::Acquire), u64::MAX);
+/// assert!(later.is_done());
 /// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time on this clock.

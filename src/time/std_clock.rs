@@ -16,7 +16,8 @@ use super::{Clock, Instant, TimerKey};
 /// - Deadlines fire within about a millisecond (the OS's condition-variable latency).
 /// - `after_func` callbacks of contexts completed by a deadline run on that thread: a slow
 ///   callback delays later timers, so hand heavy work to another thread. A panicking waker or
-///   callback is caught there (the panic hook prints it) and the thread goes on.
+///   callback is caught there (the panic hook prints it, nobody receives it) and the thread
+///   goes on; should the thread ever end, it is started again.
 ///
 /// Instants count from the first time the process read this clock.
 ///
@@ -96,11 +97,7 @@ impl Clock for StdClock {
         let wake_thread = timers.sleeping_until.is_none_or(|until| deadline < until);
         timers.map.insert(key, waker);
         if !timers.thread_started {
-            timers.thread_started = true;
-            std::thread::Builder::new()
-                .name("cancelctx-timer".into())
-                .spawn(move || run(shared))
-                .expect("cancelctx: failed to spawn the timer thread");
+            start_thread(shared, &mut timers);
         } else if wake_thread {
             // It sleeps past this deadline: wake it to sleep less.
             timers.sleeping_until = Some(deadline);
@@ -123,7 +120,38 @@ impl Clock for StdClock {
     }
 }
 
+/// Starts the timer thread. If the OS refuses a thread, the timers stay in the map and the
+/// next `schedule` tries again (a panic here would surface in whatever code happened to make
+/// a deadline, possibly inside another context's completion).
+fn start_thread(shared: &'static Shared, timers: &mut Timers) {
+    let spawned = std::thread::Builder::new().name("cancelctx-timer".into()).spawn(move || {
+        let _restart = Restart(shared);
+        run(shared);
+    });
+    timers.thread_started = spawned.is_ok();
+}
+
+/// Restarts the timer thread if it ever ends (it never returns; only a panic of this crate's
+/// own code could end it, user panics are caught): pending deadlines must not stop firing
+/// for the rest of the process.
+struct Restart(&'static Shared);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let mut timers = self.0.timers.lock().unwrap_or_else(|e| e.into_inner());
+        timers.thread_started = false;
+        timers.sleeping_until = None;
+        if !timers.map.is_empty() {
+            start_thread(self.0, &mut timers);
+        }
+    }
+}
+
 /// The timer thread: sleep until the earliest deadline, wake everything due, repeat.
+///
+/// Wakers run with no lock held, each under `catch_unwind`: a panicking `after_func` callback
+/// or waker is reported by the panic hook and dropped here, and the thread goes on (nobody
+/// could receive the panic, and every other deadline of the process depends on this thread).
 fn run(shared: &'static Shared) {
     let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -132,7 +160,7 @@ fn run(shared: &'static Shared) {
         let due = core::mem::replace(&mut timers.map, later);
         if !due.is_empty() {
             drop(timers);
-            crate::panic::for_each_isolated(due.into_values(), Waker::wake);
+            drop(crate::panic::for_each_caught(due.into_values(), Waker::wake));
             timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
             continue;
         }
