@@ -232,11 +232,11 @@ pub mod axum;
 mod context;
 mod error;
 mod group;
-mod identity;
-mod linked;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+mod identity;
+mod linked;
 mod node;
 mod panic;
 mod relay;
