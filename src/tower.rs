@@ -120,6 +120,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// |---|---|---|---|
 /// | the response is complete: its body has ended or is dropped | [`Error::Canceled`] | none (`Error::Canceled`) | the response |
 /// | the client goes away first (the server drops the response future) | [`Error::Canceled`] | [`ClientDisconnected`] | nothing (it is gone) |
+/// | the handler's future panics | [`Error::Canceled`] | none (`Error::Canceled`) | whatever the server makes of the panic |
 /// | the deadline passes before the response is ready | [`Error::DeadlineExceeded`] | as set on `root`'s deadline, if any | `504 Gateway Timeout`, or for gRPC a trailers-only `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
 /// | `root` is cancelled before the response is ready (a passed deadline of `root`'s is the row above) | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
 ///
@@ -303,7 +304,7 @@ where
             state: State::Running {
                 inner: self.inner.call(req),
                 done,
-                guard: Some(RequestGuard(Some(guard))),
+                guard: Some(RequestGuard::new(guard)),
                 grpc,
             },
         }
@@ -312,19 +313,34 @@ where
 
 /// Cancels the request's context with [`ClientDisconnected`] when dropped before
 /// [`complete`](RequestGuard::complete): the server dropped the response future.
-struct RequestGuard(Option<CancelGuard>);
+struct RequestGuard {
+    guard: Option<CancelGuard>,
+    /// Set while the handler's future is being polled. If the guard is dropped with it set,
+    /// that poll panicked (the future is dropped while unwinding, or after the panic was
+    /// caught): the handler failed, the client did not go away.
+    polling: bool,
+}
 
 impl RequestGuard {
+    fn new(guard: CancelGuard) -> RequestGuard {
+        RequestGuard { guard: Some(guard), polling: false }
+    }
+
     /// The response is ready: from now on ending the context is not a disconnect.
     fn complete(mut self) -> Option<CancelGuard> {
-        self.0.take()
+        self.guard.take()
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if let Some(guard) = self.0.take() {
-            guard.cancel_with(ClientDisconnected);
+        if let Some(guard) = self.guard.take() {
+            if self.polling {
+                // The handler panicked: end the context without claiming a disconnect.
+                drop(guard);
+            } else {
+                guard.cancel_with(ClientDisconnected);
+            }
         }
     }
 }
@@ -407,7 +423,11 @@ where
         let (reject, grpc) = match state.as_mut().project() {
             StateProj::Running { inner, done, guard, grpc } => {
                 // The response first: one that is ready at the deadline is still served.
-                if let Poll::Ready(result) = inner.poll(cx) {
+                // `polling` stays set if the handler's poll panics (see `RequestGuard`).
+                set_polling(guard, true);
+                let polled = inner.poll(cx);
+                set_polling(guard, false);
+                if let Poll::Ready(result) = polled {
                     let guard = guard.take().and_then(RequestGuard::complete);
                     return Poll::Ready(
                         result.map(|response| response.map(|body| ContextBody::new(body, guard))),
@@ -426,6 +446,12 @@ where
         // Drop the handler's future now: it is not going to be answered.
         state.set(State::Rejected { reject: None });
         Poll::Ready(Ok(reject.response(grpc)))
+    }
+}
+
+fn set_polling(guard: &mut Option<RequestGuard>, polling: bool) {
+    if let Some(guard) = guard {
+        guard.polling = polling;
     }
 }
 

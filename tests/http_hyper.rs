@@ -545,3 +545,29 @@ async fn a_response_ready_at_the_deadline_is_still_served() {
     };
     assert_eq!(response.status(), 504);
 }
+
+/// Without a network: a handler whose future panics did not lose its client. The request's
+/// context ends without the [`ClientDisconnected`] cause, which marks exactly the requests
+/// whose client went away. (Regression: the guard dropped while unwinding out of the
+/// handler's poll used to report a disconnect.)
+#[tokio::test]
+async fn a_panicking_handler_is_not_a_client_disconnect() {
+    let root = Context::with_clock(ManualClock::new());
+    let (tx, rx) = std::sync::mpsc::channel::<Context>();
+    let mut svc = tower::ServiceBuilder::new().layer(ContextLayer::new(root)).service_fn(
+        move |req: http::Request<()>| {
+            tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+            async move {
+                if true {
+                    panic!("a bug in the handler");
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }
+        },
+    );
+    let call = svc.ready().await.unwrap().call(http::Request::new(()));
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call)).await;
+    assert!(result.is_err(), "the handler's panic reaches the server");
+    let ctx = rx.recv().unwrap();
+    assert_plain_cancel(&ctx);
+}
