@@ -781,7 +781,9 @@ impl<F> fmt::Debug for PropagateFuture<F> {
 
 pin_project! {
     /// The response body of [`PropagateService`]: the inner body, failing with the request
-    /// context's [`Error`] as soon as the context ends.
+    /// context's [`Error`] as soon as the context ends. A body that has ended (it returned
+    /// its end, or a frame after which it reports [`is_end_stream`](Body::is_end_stream)) is
+    /// complete and stays so.
     pub struct PropagateBody<B> {
         #[pin]
         inner: B,
@@ -824,7 +826,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.abandoned {
             return Poll::Ready(None);
         }
@@ -835,8 +837,14 @@ where
         // the inner body is pending.
         let err = match watch.ctx.err() {
             Some(err) => err,
-            None => match this.inner.poll_frame(cx) {
-                Poll::Ready(frame) => return Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            None => match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if frame.is_none() || this.inner.is_end_stream() {
+                        // The body is complete: the context ending later changes nothing.
+                        *this.watch = None;
+                    }
+                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                }
                 Poll::Pending => ready!(watch.poll(cx)),
             },
         };

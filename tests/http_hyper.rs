@@ -571,3 +571,30 @@ async fn a_panicking_handler_is_not_a_client_disconnect() {
     let ctx = rx.recv().unwrap();
     assert_plain_cancel(&ctx);
 }
+
+/// Without a network: a response body that has ended is complete, even if the client's
+/// context ends before the body is polled once more. (Regression: the next poll used to fail
+/// with the context's error instead of returning the end.)
+#[tokio::test]
+async fn propagate_body_that_has_ended_stays_ended_when_the_context_ends() {
+    let mut svc = tower::ServiceBuilder::new().layer(PropagateLayer::new()).service_fn(
+        |_: http::Request<()>| async {
+            let body = http_body_util::Full::new(Bytes::from_static(b"all of it"));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        },
+    );
+    for poll_the_end_first in [false, true] {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(ctx);
+        let mut body = svc.ready().await.unwrap().call(req).await.unwrap().into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "all of it");
+        assert!(http_body::Body::is_end_stream(&body));
+        if poll_the_end_first {
+            assert!(body.frame().await.is_none());
+        }
+        guard.cancel();
+        assert!(body.frame().await.is_none(), "poll_the_end_first: {poll_the_end_first}");
+    }
+}
