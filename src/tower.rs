@@ -108,6 +108,12 @@ use crate::{CancelGuard, Context, DoneOwned, Error};
 
 /// The error type of [`PropagateService`]: the inner service's error, or the request
 /// context's [`Error`] (`err.downcast_ref::<cancelctx::Error>()`).
+///
+/// ```
+/// use cancelctx::tower::BoxError;
+/// let err: BoxError = Box::new(cancelctx::Error::DeadlineExceeded);
+/// assert_eq!(err.downcast_ref(), Some(&cancelctx::Error::DeadlineExceeded));
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A server [`Layer`] that gives every request its own [`Context`], a child of `root`.
@@ -387,7 +393,27 @@ impl Reject {
 }
 
 pin_project! {
-    /// The response future of [`ContextService`].
+    /// The response future of [`ContextService`]: the inner service's response with a
+    /// [`ContextBody`], or the layer's own answer at the deadline (see [`ContextLayer`]).
+    ///
+    /// ```
+    /// use cancelctx::tower::{ContextFuture, ContextLayer};
+    /// use cancelctx::{Context, ManualClock};
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service};
+    ///
+    /// let clock = ManualClock::new();
+    /// let layer = ContextLayer::new(Context::with_clock(clock.clone()))
+    ///     .timeout(Duration::from_secs(1));
+    /// let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| {
+    ///     std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+    /// }));
+    /// let mut call: ContextFuture<_> = svc.call(http::Request::new(()));
+    /// assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    /// clock.advance(Duration::from_secs(1));
+    /// let response = futures::executor::block_on(call).unwrap();
+    /// assert_eq!(response.status(), 504);
+    /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ContextFuture<F> {
         #[pin]
@@ -469,6 +495,30 @@ impl<F> fmt::Debug for ContextFuture<F> {
 pin_project! {
     /// The response body of [`ContextService`]: the inner body, which ends the request's
     /// context when it ends or is dropped, or the short text of a response the layer made.
+    ///
+    /// ```
+    /// use cancelctx::tower::{ContextBody, ContextLayer};
+    /// use cancelctx::Context;
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut svc = ContextLayer::new(Context::background()).layer(tower::service_fn(
+    ///     move |req: http::Request<()>| {
+    ///         tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+    ///         async { Ok::<_, std::convert::Infallible>(http::Response::new("hi".to_owned())) }
+    ///     },
+    /// ));
+    /// let response = svc.ready().await?.call(http::Request::new(())).await?;
+    /// let body: ContextBody<String> = response.into_body();
+    /// let ctx = rx.recv()?;
+    /// assert!(!ctx.is_done(), "the request lives while its body is sent");
+    /// assert_eq!(body.collect().await?.to_bytes(), "hi");
+    /// assert!(ctx.is_done());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub struct ContextBody<B> {
         #[pin]
         inner: Option<B>,
@@ -694,7 +744,26 @@ impl Watch {
 }
 
 pin_project! {
-    /// The response future of [`PropagateService`].
+    /// The response future of [`PropagateService`]: the inner service's response with a
+    /// [`PropagateBody`], or the request context's [`Error`] as soon as it ends.
+    ///
+    /// ```
+    /// use cancelctx::tower::{PropagateFuture, PropagateLayer};
+    /// use cancelctx::{Context, Error};
+    /// use tower::{Layer, Service};
+    ///
+    /// let mut client = PropagateLayer::new().layer(tower::service_fn(|_: http::Request<()>| {
+    ///     std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+    /// }));
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let mut request = http::Request::new(());
+    /// request.extensions_mut().insert(ctx);
+    /// let mut call: PropagateFuture<_> = client.call(request);
+    /// assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    /// guard.cancel(); // the call is abandoned
+    /// let err = futures::executor::block_on(call).unwrap_err();
+    /// assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct PropagateFuture<F> {
         #[pin]
@@ -784,6 +853,32 @@ pin_project! {
     /// context's [`Error`] as soon as the context ends. A body that has ended (it returned
     /// its end, or a frame after which it reports [`is_end_stream`](Body::is_end_stream)) is
     /// complete and stays so.
+    ///
+    /// ```
+    /// use cancelctx::tower::{PropagateBody, PropagateLayer};
+    /// use cancelctx::{Context, Error};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let mut client = PropagateLayer::new().layer(tower::service_fn(|_: http::Request<()>| async {
+    ///     // A body that never ends (a stream of server events, say).
+    ///     let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///         Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    ///     >());
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    /// }));
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let mut request = http::Request::new(());
+    /// request.extensions_mut().insert(ctx);
+    /// let response = client.ready().await?.call(request).await?;
+    /// let mut body: PropagateBody<_> = response.into_body();
+    /// guard.cancel();
+    /// let err = body.frame().await.unwrap().unwrap_err();
+    /// assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// # Ok::<(), cancelctx::tower::BoxError>(())
+    /// # }).unwrap();
+    /// ```
     pub struct PropagateBody<B> {
         #[pin]
         inner: B,
