@@ -21,7 +21,6 @@ use std::task::{Context as TaskContext, Waker};
 
 use cancelctx::{WaitGroup, WaitGuard};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
-use event_listener::{Event, EventListener};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,16 +84,6 @@ fn setup_tokio(n: usize, waker: &Waker) -> (TaskTrackerToken, Vec<Waiter>) {
     (token, waiters)
 }
 
-fn setup_event(n: usize, waker: &Waker) -> (Event, Vec<EventListener>) {
-    let event = Event::new();
-    let mut listeners: Vec<EventListener> = (0..n).map(|_| event.listen()).collect();
-    for l in &mut listeners {
-        let mut cx = TaskContext::from_waker(waker);
-        assert!(Pin::new(l).poll(&mut cx).is_pending());
-    }
-    (event, listeners)
-}
-
 fn wake_waiters(c: &mut Criterion) {
     let mut group = c.benchmark_group("wait_group_wake_waiters");
     let sizes: &[usize] = if common::bench_mode() { &[1, 100, 10_000] } else { &[1, 100] };
@@ -113,7 +102,7 @@ fn wake_waiters(c: &mut Criterion) {
         drop(s2.0);
         assert_eq!(count.count() - before, n, "tokio-util woke the wrong number");
         let before = count.count();
-        let s3 = setup_event(n, &waker);
+        let s3 = common::listening_event(n, &waker);
         s3.0.notify(usize::MAX);
         assert_eq!(count.count() - before, n, "event-listener woke the wrong number");
         drop((s.1, s2.1, s3));
@@ -138,19 +127,7 @@ fn wake_waiters(c: &mut Criterion) {
                 size,
             )
         });
-        group.bench_function(
-            BenchmarkId::new("floor: event-listener notify(usize::MAX)", n),
-            |b| {
-                b.iter_batched(
-                    || setup_event(n, &waker),
-                    |s| {
-                        s.0.notify(usize::MAX);
-                        s
-                    },
-                    size,
-                )
-            },
-        );
+        common::bench_event_floor(&mut group, n, &waker, size);
     }
     group.finish();
 }

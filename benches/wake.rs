@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cancelctx::{CancelGuard, Context, DoneOwned};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
-use event_listener::{Event, EventListener, Listener};
+use event_listener::{Event, Listener};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 fn poll_pending<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
@@ -29,7 +29,6 @@ fn poll_pending<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
 
 type CtxSetup = (Context, CancelGuard, Vec<DoneOwned>);
 type TokioSetup = (CancellationToken, Vec<Pin<Box<WaitForCancellationFutureOwned>>>);
-type EventSetup = (Event, Vec<EventListener>);
 
 fn setup_cancelctx(n: usize, waker: &Waker) -> CtxSetup {
     let (ctx, guard) = Context::background().with_cancel();
@@ -50,15 +49,6 @@ fn setup_tokio(n: usize, waker: &Waker) -> TokioSetup {
     (token, waiters)
 }
 
-fn setup_event(n: usize, waker: &Waker) -> EventSetup {
-    let event = Event::new();
-    let mut listeners: Vec<EventListener> = (0..n).map(|_| event.listen()).collect();
-    for l in &mut listeners {
-        poll_pending(l, waker);
-    }
-    (event, listeners)
-}
-
 fn wake_async(c: &mut Criterion) {
     let mut group = c.benchmark_group("wake_async_waiters");
     for n in [1usize, 100, 10_000] {
@@ -76,7 +66,7 @@ fn wake_async(c: &mut Criterion) {
         s2.0.cancel();
         assert_eq!(count.count() - before, n, "tokio-util woke the wrong number");
         let before = count.count();
-        let s3 = setup_event(n, &waker);
+        let s3 = common::listening_event(n, &waker);
         s3.0.notify(usize::MAX);
         assert_eq!(count.count() - before, n, "event-listener woke the wrong number");
         drop((s, s2, s3));
@@ -101,19 +91,7 @@ fn wake_async(c: &mut Criterion) {
                 size,
             )
         });
-        group.bench_function(
-            BenchmarkId::new("floor: event-listener notify(usize::MAX)", n),
-            |b| {
-                b.iter_batched(
-                    || setup_event(n, &waker),
-                    |s| {
-                        s.0.notify(usize::MAX);
-                        s
-                    },
-                    size,
-                )
-            },
-        );
+        common::bench_event_floor(&mut group, n, &waker, size);
     }
     group.finish();
 }

@@ -29,14 +29,16 @@
 //! ```
 //!
 //! Without the layer the extraction fails with [`MissingContextLayer`]: a `500 Internal
-//! Server Error` that says so, rather than a context that never ends.
+//! Server Error` that says so, rather than a context that never ends. A handler that may run
+//! without the layer takes `Option<Context>` instead.
 
+use core::convert::Infallible;
 use core::fmt;
 use core::future::Future;
 
 use ::http::request::Parts;
 use ::http::StatusCode;
-use axum_core::extract::FromRequestParts;
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 
 use crate::Context;
@@ -50,6 +52,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
     ) -> impl Future<Output = Result<Context, MissingContextLayer>> + Send {
         let ctx = parts.extensions.get::<Context>().cloned().ok_or(MissingContextLayer);
         core::future::ready(ctx)
+    }
+}
+
+/// `Option<Context>` as an extractor: the request's context, or `None` without
+/// [`ContextLayer`](crate::tower::ContextLayer) (never a rejection), for handlers served
+/// both behind the layer and without it.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use cancelctx::Context;
+/// use tower::ServiceExt;
+///
+/// async fn handler(ctx: Option<Context>) -> &'static str {
+///     if ctx.is_some() { "with a context" } else { "without" }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let app = Router::new().route("/", get(handler)); // no ContextLayer
+/// let request = http::Request::get("/").body(axum::body::Body::empty())?;
+/// let response = app.oneshot(request).await?;
+/// assert_eq!(response.status(), 200);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Context {
+    type Rejection = Infallible;
+
+    fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> impl Future<Output = Result<Option<Context>, Infallible>> + Send {
+        core::future::ready(Ok(parts.extensions.get::<Context>().cloned()))
     }
 }
 

@@ -103,6 +103,7 @@
 //! | no linked tokens | [`Context::with_linked`] (two parents; dropping unlinks) |
 //! | streams: `take_until(token.cancelled())` | [`Context::take_until_done`] |
 //! | migrating one function at a time | feature `tokio-util`: `ctx.with_token(&token)`, `ctx.cancellation_token()` |
+//!
 //! # Groups of tasks
 //!
 //! A context says *when to stop*; something must also say *when everything has stopped*.
@@ -148,7 +149,7 @@
 //! | async-std | as tokio | `AsyncIoClock`, std | `tests/waits.rs`, `runtimes.rs`, `linked.rs`, `streams.rs` |
 //! | `futures::executor`, pollster | as tokio | std, manual | `tests/waits.rs`, `linked.rs`, `streams.rs`, doc tests |
 //! | `no_std` + `alloc` | `is_done()`, `done()` on your executor | your [`Clock`] | `cargo build --no-default-features`, `examples/embedded.rs` |
-//! | loom (model checking) | all of the above, blocking included | manual | `tests/loom.rs`, `tests/loom_linked.rs` |
+//! | loom (model checking) | all of the above, blocking included | manual | `tests/loom.rs`, `tests/loom_linked.rs`, `tests/loom_groups.rs` |
 //!
 //! # Performance
 //!
@@ -161,6 +162,7 @@
 //! (a bare atomic, `Arc::new`, event-listener) in every group, so each figure is a ratio.
 //!
 //! [BENCHMARKS.md]: https://docs.rs/crate/cancelctx/latest/source/BENCHMARKS.md
+//!
 //! # Pitfalls
 //!
 //! - **`let (ctx, _) = parent.with_timeout(d)` is already cancelled.** `_` is not a name: it
@@ -209,7 +211,7 @@
 //! - `tower` (implies `http`): module `tower`: `ContextLayer`, a context per server request
 //!   (hyper, axum, tonic), and `PropagateLayer` for outgoing calls; the mapping from Go's
 //!   `r.Context()`.
-//! - `axum` (implies `tower`): `Context` is an axum extractor.
+//! - `axum` (implies `tower`): `Context` (and `Option<Context>`) is an axum extractor.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(

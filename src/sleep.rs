@@ -107,7 +107,9 @@ impl Wake for SleepWaker {
         // memory ordering: Release/Acquire with the `swap` in `poll`; the flag is set before
         // the task is woken, so the poll that follows sees it.
         self.fired.store(1, Ordering::Release);
-        let task = self.task.lock().clone();
+        // Taken, not cloned: no user code (a waker's `clone`) runs under the lock. The poll
+        // this wake-up causes registers the task's waker again.
+        let task = self.task.lock().take();
         if let Some(task) = task {
             task.wake();
         }
@@ -149,11 +151,14 @@ impl Future for Sleep<'_> {
             return this.finish(Err(err));
         }
         let waker = this.waker.get_or_insert_with(Default::default);
-        {
-            let mut task = waker.task.lock();
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
+        // The task's waker is cloned, and the one it replaces dropped, outside the lock: both
+        // are user code, and such a drop may fire this sleep's timer, whose wake-up takes the
+        // lock.
+        let registered = waker.task.lock().as_ref().is_some_and(|t| t.will_wake(cx.waker()));
+        if !registered {
+            let fresh = cx.waker().clone();
+            let replaced = waker.task.lock().replace(fresh);
+            drop(replaced);
         }
         // A timer that fired while the deadline had not passed yet (clocks may wake early):
         // schedule another. memory ordering: see `SleepWaker::wake_by_ref`.

@@ -4,7 +4,7 @@
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
-use core::task::{Context as TaskContext, Poll};
+use core::task::{ready, Context as TaskContext, Poll};
 use core::time::Duration;
 
 use futures_core::future::FusedFuture;
@@ -111,8 +111,8 @@ impl<S> fmt::Debug for TakeUntilDone<S> {
 /// The deadline is a child context made when the future is created (not when it is first
 /// polled), so the time limit counts from the call, as with `tokio::time::timeout`. The
 /// tree's clock drives it, so this works on every runtime (and with a
-/// [`ManualClock`](crate::ManualClock) in tests). Dropping the future cancels that child and
-/// releases its timer at once. As with [`Context::run`], the inner future is dropped when
+/// [`ManualClock`](crate::ManualClock) in tests). Finishing or dropping the future cancels
+/// that child and releases its timer at once. As with [`Context::run`], the inner future is dropped when
 /// the context ends, and a context found done wins over a ready inner future.
 ///
 /// ```
@@ -134,8 +134,9 @@ pub struct Timeout<F> {
     ctx: Context,
     done: DoneOwned,
     future: Option<F>,
-    /// Held so that dropping the future (or finishing) releases the deadline at once.
-    _guard: CancelGuard,
+    /// Taken when the future finishes, and dropped with it: either ends the deadline's
+    /// context and releases its timer at once.
+    guard: Option<CancelGuard>,
 }
 
 impl<F: Future> Future for Timeout<F> {
@@ -143,28 +144,26 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         // SAFETY: `future` is structurally pinned: it is never moved out of `self` and is
-        // only dropped in place through `Pin::set`. `done` and `_guard` are not pinned.
+        // only dropped in place through `Pin::set`. `done` and `guard` are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: see above.
         let mut future = unsafe { Pin::new_unchecked(&mut this.future) };
-        if let Some(err) = this.ctx.err() {
-            future.set(None);
-            return Poll::Ready(Err(err));
-        }
         let Some(inner) = future.as_mut().as_pin_mut() else {
             panic!("`Timeout` polled after completion");
         };
-        if let Poll::Ready(output) = inner.poll(cx) {
-            future.set(None);
-            return Poll::Ready(Ok(output));
-        }
-        match Pin::new(&mut this.done).poll(cx) {
-            Poll::Ready(err) => {
-                future.set(None);
-                Poll::Ready(Err(err))
+        let result = if let Some(err) = this.ctx.err() {
+            Err(err)
+        } else {
+            match inner.poll(cx) {
+                Poll::Ready(output) => Ok(output),
+                Poll::Pending => Err(ready!(Pin::new(&mut this.done).poll(cx))),
             }
-            Poll::Pending => Poll::Pending,
-        }
+        };
+        future.set(None);
+        // Finished: end the deadline's context and release its timer now, not when this
+        // future is dropped (it may stay around, fused, in a `select!` loop).
+        drop(this.guard.take());
+        Poll::Ready(result)
     }
 }
 
@@ -176,7 +175,8 @@ impl<F: Future> FusedFuture for Timeout<F> {
 
 impl<F> Timeout<F> {
     /// The deadline's context (a child of the context `timeout` was called on), for
-    /// inspecting [`deadline`](Context::deadline) or [`remaining`](Context::remaining).
+    /// inspecting [`deadline`](Context::deadline) or [`remaining`](Context::remaining). It is
+    /// done once the future has finished.
     ///
     /// ```
     /// use cancelctx::{Context, ManualClock};
@@ -238,7 +238,7 @@ impl Context {
     #[track_caller]
     pub fn timeout<F: Future>(&self, timeout: Duration, future: F) -> Timeout<F> {
         let (ctx, guard) = self.with_timeout(timeout);
-        Timeout { done: ctx.done_owned(), ctx, future: Some(future), _guard: guard }
+        Timeout { done: ctx.done_owned(), ctx, future: Some(future), guard: Some(guard) }
     }
 
     /// Runs `future` until `deadline` on the tree's clock; see [`Timeout`].
@@ -259,7 +259,7 @@ impl Context {
     #[track_caller]
     pub fn timeout_at<F: Future>(&self, deadline: Instant, future: F) -> Timeout<F> {
         let (ctx, guard) = self.with_deadline(deadline);
-        Timeout { done: ctx.done_owned(), ctx, future: Some(future), _guard: guard }
+        Timeout { done: ctx.done_owned(), ctx, future: Some(future), guard: Some(guard) }
     }
 
     /// [`timeout`](Context::timeout), or [`NoClockError`] if the tree has no clock.
@@ -275,7 +275,7 @@ impl Context {
         future: F,
     ) -> Result<Timeout<F>, NoClockError> {
         let (ctx, guard) = self.try_with_timeout(timeout)?;
-        Ok(Timeout { done: ctx.done_owned(), ctx, future: Some(future), _guard: guard })
+        Ok(Timeout { done: ctx.done_owned(), ctx, future: Some(future), guard: Some(guard) })
     }
 
     /// [`timeout_at`](Context::timeout_at), or [`NoClockError`] if the tree has no clock.
@@ -291,6 +291,6 @@ impl Context {
         future: F,
     ) -> Result<Timeout<F>, NoClockError> {
         let (ctx, guard) = self.try_with_deadline(deadline)?;
-        Ok(Timeout { done: ctx.done_owned(), ctx, future: Some(future), _guard: guard })
+        Ok(Timeout { done: ctx.done_owned(), ctx, future: Some(future), guard: Some(guard) })
     }
 }

@@ -108,6 +108,12 @@ use crate::{CancelGuard, Context, DoneOwned, Error};
 
 /// The error type of [`PropagateService`]: the inner service's error, or the request
 /// context's [`Error`] (`err.downcast_ref::<cancelctx::Error>()`).
+///
+/// ```
+/// use cancelctx::tower::BoxError;
+/// let err: BoxError = Box::new(cancelctx::Error::DeadlineExceeded);
+/// assert_eq!(err.downcast_ref(), Some(&cancelctx::Error::DeadlineExceeded));
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A server [`Layer`] that gives every request its own [`Context`], a child of `root`.
@@ -120,6 +126,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// |---|---|---|---|
 /// | the response is complete: its body has ended or is dropped | [`Error::Canceled`] | none (`Error::Canceled`) | the response |
 /// | the client goes away first (the server drops the response future) | [`Error::Canceled`] | [`ClientDisconnected`] | nothing (it is gone) |
+/// | the handler's future panics | [`Error::Canceled`] | none (`Error::Canceled`) | whatever the server makes of the panic |
 /// | the deadline passes before the response is ready | [`Error::DeadlineExceeded`] | as set on `root`'s deadline, if any | `504 Gateway Timeout`, or for gRPC a trailers-only `grpc-status: 4` (`DEADLINE_EXCEEDED`) |
 /// | `root` is cancelled before the response is ready (a passed deadline of `root`'s is the row above) | [`Error::Canceled`] | `root`'s | `503 Service Unavailable`, or `grpc-status: 14` (`UNAVAILABLE`) |
 ///
@@ -303,7 +310,7 @@ where
             state: State::Running {
                 inner: self.inner.call(req),
                 done,
-                guard: Some(RequestGuard(Some(guard))),
+                guard: Some(RequestGuard::new(guard)),
                 grpc,
             },
         }
@@ -312,19 +319,34 @@ where
 
 /// Cancels the request's context with [`ClientDisconnected`] when dropped before
 /// [`complete`](RequestGuard::complete): the server dropped the response future.
-struct RequestGuard(Option<CancelGuard>);
+struct RequestGuard {
+    guard: Option<CancelGuard>,
+    /// Set while the handler's future is being polled. If the guard is dropped with it set,
+    /// that poll panicked (the future is dropped while unwinding, or after the panic was
+    /// caught): the handler failed, the client did not go away.
+    polling: bool,
+}
 
 impl RequestGuard {
+    fn new(guard: CancelGuard) -> RequestGuard {
+        RequestGuard { guard: Some(guard), polling: false }
+    }
+
     /// The response is ready: from now on ending the context is not a disconnect.
     fn complete(mut self) -> Option<CancelGuard> {
-        self.0.take()
+        self.guard.take()
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if let Some(guard) = self.0.take() {
-            guard.cancel_with(ClientDisconnected);
+        if let Some(guard) = self.guard.take() {
+            if self.polling {
+                // The handler panicked: end the context without claiming a disconnect.
+                drop(guard);
+            } else {
+                guard.cancel_with(ClientDisconnected);
+            }
         }
     }
 }
@@ -371,7 +393,27 @@ impl Reject {
 }
 
 pin_project! {
-    /// The response future of [`ContextService`].
+    /// The response future of [`ContextService`]: the inner service's response with a
+    /// [`ContextBody`], or the layer's own answer at the deadline (see [`ContextLayer`]).
+    ///
+    /// ```
+    /// use cancelctx::tower::{ContextFuture, ContextLayer};
+    /// use cancelctx::{Context, ManualClock};
+    /// use std::time::Duration;
+    /// use tower::{Layer, Service};
+    ///
+    /// let clock = ManualClock::new();
+    /// let layer = ContextLayer::new(Context::with_clock(clock.clone()))
+    ///     .timeout(Duration::from_secs(1));
+    /// let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| {
+    ///     std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+    /// }));
+    /// let mut call: ContextFuture<_> = svc.call(http::Request::new(()));
+    /// assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    /// clock.advance(Duration::from_secs(1));
+    /// let response = futures::executor::block_on(call).unwrap();
+    /// assert_eq!(response.status(), 504);
+    /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ContextFuture<F> {
         #[pin]
@@ -407,7 +449,11 @@ where
         let (reject, grpc) = match state.as_mut().project() {
             StateProj::Running { inner, done, guard, grpc } => {
                 // The response first: one that is ready at the deadline is still served.
-                if let Poll::Ready(result) = inner.poll(cx) {
+                // `polling` stays set if the handler's poll panics (see `RequestGuard`).
+                set_polling(guard, true);
+                let polled = inner.poll(cx);
+                set_polling(guard, false);
+                if let Poll::Ready(result) = polled {
                     let guard = guard.take().and_then(RequestGuard::complete);
                     return Poll::Ready(
                         result.map(|response| response.map(|body| ContextBody::new(body, guard))),
@@ -429,6 +475,12 @@ where
     }
 }
 
+fn set_polling(guard: &mut Option<RequestGuard>, polling: bool) {
+    if let Some(guard) = guard {
+        guard.polling = polling;
+    }
+}
+
 impl<F> fmt::Debug for ContextFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
@@ -443,6 +495,30 @@ impl<F> fmt::Debug for ContextFuture<F> {
 pin_project! {
     /// The response body of [`ContextService`]: the inner body, which ends the request's
     /// context when it ends or is dropped, or the short text of a response the layer made.
+    ///
+    /// ```
+    /// use cancelctx::tower::{ContextBody, ContextLayer};
+    /// use cancelctx::Context;
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut svc = ContextLayer::new(Context::background()).layer(tower::service_fn(
+    ///     move |req: http::Request<()>| {
+    ///         tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+    ///         async { Ok::<_, std::convert::Infallible>(http::Response::new("hi".to_owned())) }
+    ///     },
+    /// ));
+    /// let response = svc.ready().await?.call(http::Request::new(())).await?;
+    /// let body: ContextBody<String> = response.into_body();
+    /// let ctx = rx.recv()?;
+    /// assert!(!ctx.is_done(), "the request lives while its body is sent");
+    /// assert_eq!(body.collect().await?.to_bytes(), "hi");
+    /// assert!(ctx.is_done());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub struct ContextBody<B> {
         #[pin]
         inner: Option<B>,
@@ -668,7 +744,26 @@ impl Watch {
 }
 
 pin_project! {
-    /// The response future of [`PropagateService`].
+    /// The response future of [`PropagateService`]: the inner service's response with a
+    /// [`PropagateBody`], or the request context's [`Error`] as soon as it ends.
+    ///
+    /// ```
+    /// use cancelctx::tower::{PropagateFuture, PropagateLayer};
+    /// use cancelctx::{Context, Error};
+    /// use tower::{Layer, Service};
+    ///
+    /// let mut client = PropagateLayer::new().layer(tower::service_fn(|_: http::Request<()>| {
+    ///     std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+    /// }));
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let mut request = http::Request::new(());
+    /// request.extensions_mut().insert(ctx);
+    /// let mut call: PropagateFuture<_> = client.call(request);
+    /// assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    /// guard.cancel(); // the call is abandoned
+    /// let err = futures::executor::block_on(call).unwrap_err();
+    /// assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct PropagateFuture<F> {
         #[pin]
@@ -755,7 +850,35 @@ impl<F> fmt::Debug for PropagateFuture<F> {
 
 pin_project! {
     /// The response body of [`PropagateService`]: the inner body, failing with the request
-    /// context's [`Error`] as soon as the context ends.
+    /// context's [`Error`] as soon as the context ends. A body that has ended (it returned
+    /// its end, or a frame after which it reports [`is_end_stream`](Body::is_end_stream)) is
+    /// complete and stays so.
+    ///
+    /// ```
+    /// use cancelctx::tower::{PropagateBody, PropagateLayer};
+    /// use cancelctx::{Context, Error};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let mut client = PropagateLayer::new().layer(tower::service_fn(|_: http::Request<()>| async {
+    ///     // A body that never ends (a stream of server events, say).
+    ///     let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///         Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    ///     >());
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    /// }));
+    /// let (ctx, guard) = Context::background().with_cancel();
+    /// let mut request = http::Request::new(());
+    /// request.extensions_mut().insert(ctx);
+    /// let response = client.ready().await?.call(request).await?;
+    /// let mut body: PropagateBody<_> = response.into_body();
+    /// guard.cancel();
+    /// let err = body.frame().await.unwrap().unwrap_err();
+    /// assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// # Ok::<(), cancelctx::tower::BoxError>(())
+    /// # }).unwrap();
+    /// ```
     pub struct PropagateBody<B> {
         #[pin]
         inner: B,
@@ -798,7 +921,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.abandoned {
             return Poll::Ready(None);
         }
@@ -809,8 +932,14 @@ where
         // the inner body is pending.
         let err = match watch.ctx.err() {
             Some(err) => err,
-            None => match this.inner.poll_frame(cx) {
-                Poll::Ready(frame) => return Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            None => match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if frame.is_none() || this.inner.is_end_stream() {
+                        // The body is complete: the context ending later changes nothing.
+                        *this.watch = None;
+                    }
+                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                }
                 Poll::Pending => ready!(watch.poll(cx)),
             },
         };

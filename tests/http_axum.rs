@@ -70,4 +70,23 @@ async fn the_layer_answers_504_for_an_axum_handler_past_its_deadline() {
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
 }
 
+/// `Option<Context>`: the context behind the layer, `None` (not a rejection) without it.
+#[tokio::test]
+async fn an_optional_context_is_none_without_the_layer() {
+    async fn handler(ctx: Option<Context>) -> String {
+        format!("{:?}", ctx.map(|ctx| ctx.is_done()))
+    }
+    let bare = Router::new().route("/", get(handler));
+    let response = within("response", bare.oneshot(get_root())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response.into_body()).await, "None");
+
+    let layered = Router::new()
+        .route("/", get(handler))
+        .layer(ContextLayer::new(Context::with_clock(ManualClock::new())));
+    let response = within("response", layered.oneshot(get_root())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response.into_body()).await, "Some(false)");
+}
+
 static_assertions::assert_impl_all!(cancelctx::axum::MissingContextLayer: Send, Sync, Copy, std::fmt::Debug, std::error::Error);

@@ -545,3 +545,56 @@ async fn a_response_ready_at_the_deadline_is_still_served() {
     };
     assert_eq!(response.status(), 504);
 }
+
+/// Without a network: a handler whose future panics did not lose its client. The request's
+/// context ends without the [`ClientDisconnected`] cause, which marks exactly the requests
+/// whose client went away. (Regression: the guard dropped while unwinding out of the
+/// handler's poll used to report a disconnect.)
+#[tokio::test]
+async fn a_panicking_handler_is_not_a_client_disconnect() {
+    let root = Context::with_clock(ManualClock::new());
+    let (tx, rx) = std::sync::mpsc::channel::<Context>();
+    let mut svc = tower::ServiceBuilder::new().layer(ContextLayer::new(root)).service_fn(
+        move |req: http::Request<()>| {
+            tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+            async move {
+                if true {
+                    panic!("a bug in the handler");
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }
+        },
+    );
+    let call = svc.ready().await.unwrap().call(http::Request::new(()));
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call)).await;
+    assert!(result.is_err(), "the handler's panic reaches the server");
+    let ctx = rx.recv().unwrap();
+    assert_plain_cancel(&ctx);
+}
+
+/// Without a network: a response body that has ended is complete, even if the client's
+/// context ends before the body is polled once more. (Regression: the next poll used to fail
+/// with the context's error instead of returning the end.)
+#[tokio::test]
+async fn propagate_body_that_has_ended_stays_ended_when_the_context_ends() {
+    let mut svc = tower::ServiceBuilder::new().layer(PropagateLayer::new()).service_fn(
+        |_: http::Request<()>| async {
+            let body = http_body_util::Full::new(Bytes::from_static(b"all of it"));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        },
+    );
+    for poll_the_end_first in [false, true] {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(ctx);
+        let mut body = svc.ready().await.unwrap().call(req).await.unwrap().into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "all of it");
+        assert!(http_body::Body::is_end_stream(&body));
+        if poll_the_end_first {
+            assert!(body.frame().await.is_none());
+        }
+        guard.cancel();
+        assert!(body.frame().await.is_none(), "poll_the_end_first: {poll_the_end_first}");
+    }
+}

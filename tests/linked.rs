@@ -18,6 +18,8 @@ const BOUND: Duration = Duration::from_secs(10);
 
 static_assertions::assert_impl_all!(cancelctx::TakeUntilDone<futures::stream::Empty<()>>: Send, Sync, std::fmt::Debug);
 static_assertions::assert_impl_all!(cancelctx::Timeout<std::future::Ready<()>>: Send, Sync, std::fmt::Debug);
+static_assertions::assert_impl_all!(cancelctx::TakeUntilDone<futures::stream::Empty<()>>: futures::Stream<Item = ()>, futures::stream::FusedStream, Unpin);
+static_assertions::assert_impl_all!(cancelctx::Timeout<std::future::Ready<()>>: std::future::Future<Output = Result<(), Error>>, futures::future::FusedFuture, Unpin);
 
 /// Asserts `ctx` is done with `err`, with cause `Tag(tag)` if given, else the error itself.
 #[track_caller]

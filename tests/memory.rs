@@ -5,49 +5,14 @@
 //! thread), so other tests' threads do not disturb the count. Prints the figures with
 //! `--nocapture`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 use cancelctx::{Context, Instant, ManualClock};
-
-struct CountingAlloc;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
-}
-
-// SAFETY: defers to `System` and only counts.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        track(layout.size() as isize);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        track(-(layout.size() as isize));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use counting_alloc::{live, scaled, CountingAlloc};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-
-fn live() -> isize {
-    LIVE.with(Cell::get)
-}
-
-/// `CANCELCTX_TEST_SCALE=small` shrinks the million-element tests tenfold.
-fn scaled(n: usize) -> usize {
-    match std::env::var("CANCELCTX_TEST_SCALE").as_deref() {
-        Ok("small") => n / 10,
-        _ => n,
-    }
-}
 
 /// Runs `make` a million times in batches of 1,000 live links (all dropped per batch);
 /// returns (peak bytes per live link, bytes left after).

@@ -17,6 +17,7 @@ const BOUND: Duration = Duration::from_secs(30);
 
 static_assertions::assert_impl_all!(SignalGuard: Send, Sync, std::fmt::Debug);
 static_assertions::assert_impl_all!(SignalReceived: Send, Sync, std::error::Error);
+static_assertions::assert_impl_all!(Signal: Send, Sync, Copy, Eq, std::hash::Hash, std::fmt::Debug, std::fmt::Display);
 
 #[track_caller]
 fn assert_ended_by(ctx: &Context, signal: Signal) {

@@ -2,6 +2,7 @@
 //! Time is a `ManualClock` (or tokio's paused clock); no assertion depends on real time.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -147,6 +148,30 @@ fn timeout_output_and_released_timer() {
     assert_eq!(clock.pending_timers(), 1);
     drop(t);
     assert_eq!(clock.pending_timers(), 0, "dropping releases the deadline");
+}
+
+/// A `Timeout` that has finished (but is not dropped yet, as in a `select!` loop over fused
+/// futures) has released its deadline: no timer stays armed. (Regression: the timer stayed
+/// until the future was dropped.)
+#[test]
+fn a_finished_timeout_releases_its_timer_before_it_is_dropped() {
+    let clock = ManualClock::new();
+    let root = Context::with_clock(clock.clone());
+    let (_, waker) = counting_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+
+    let mut t = pin!(root.timeout(Duration::from_secs(2), async { 5 }));
+    assert_eq!(t.as_mut().poll(&mut cx), Poll::Ready(Ok(5)));
+    assert!(futures::future::FusedFuture::is_terminated(&*t));
+    assert_eq!(clock.pending_timers(), 0, "finishing releases the deadline");
+    assert_eq!(t.context().err(), Some(Error::Canceled), "its context ended with it");
+
+    let (parent, stop) = root.with_cancel();
+    let mut t = pin!(parent.timeout(Duration::from_secs(2), std::future::pending::<()>()));
+    assert!(t.as_mut().poll(&mut cx).is_pending());
+    stop.cancel();
+    assert_eq!(t.as_mut().poll(&mut cx), Poll::Ready(Err(Error::Canceled)));
+    assert_eq!(clock.pending_timers(), 0, "ending with an error releases it too");
 }
 
 #[test]

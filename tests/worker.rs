@@ -272,3 +272,46 @@ fn sleep_on_smol() {
         assert_eq!(sleeper.await, Err(Error::Canceled));
     });
 }
+
+/// A task waker whose drop advances the clock past the sleep's end: replacing it (a poll
+/// with another waker) fires the sleep's timer from inside that drop. (Regression: the old
+/// waker was dropped while the sleep held its waker lock, and the timer's wake-up took the
+/// same lock again: a deadlock.)
+#[test]
+fn a_task_waker_whose_drop_fires_the_timer_does_not_deadlock() {
+    struct AdvancesOnDrop(ManualClock);
+    impl std::task::Wake for AdvancesOnDrop {
+        fn wake(self: Arc<Self>) {}
+    }
+    impl Drop for AdvancesOnDrop {
+        fn drop(&mut self) {
+            self.0.advance(Duration::from_secs(1));
+        }
+    }
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // On its own thread, so that a deadlock fails the test instead of hanging it.
+    std::thread::spawn(move || {
+        let clock = ManualClock::new();
+        let ctx = Context::with_clock(clock.clone());
+        let mut sleep = pin!(ctx.sleep(Duration::from_secs(1)));
+        let hostile = Waker::from(Arc::new(AdvancesOnDrop(clock.clone())));
+        assert!(poll(sleep.as_mut(), &hostile).is_pending());
+        drop(hostile); // the sleep holds the last clones
+        let (wakes, plain) = counting_waker();
+        let first = poll(sleep.as_mut(), &plain); // drops the hostile waker
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                assert!(wakes.wakes() > 0, "the timer that fired woke the task");
+                match poll(sleep.as_mut(), &plain) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => panic!("the sleep's time has passed"),
+                }
+            }
+        };
+        done_tx.send(result).unwrap();
+    });
+    let result = done_rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(result, Ok(Ok(())), "the poll deadlocked or failed");
+}

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
-use criterion::Criterion;
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion};
+use event_listener::{Event, EventListener};
 
 /// `CANCELCTX_BENCH_QUICK=1` (or criterion's own `--quick`) makes the whole `cargo bench`
 /// run take under two minutes: few samples, short warm-up, smaller trees where it matters.
@@ -83,4 +85,37 @@ pub fn criterion_dir() -> PathBuf {
         Some(target) => target.join("criterion"),
         None => PathBuf::from("target/criterion"),
     }
+}
+
+/// `n` event-listener listeners, each polled once with `waker` (all pending): the set-up of
+/// the floor in the "wake `n` waiters" groups.
+pub fn listening_event(n: usize, waker: &Waker) -> (Event, Vec<EventListener>) {
+    let event = Event::new();
+    let mut listeners: Vec<EventListener> = (0..n).map(|_| event.listen()).collect();
+    let mut cx = std::task::Context::from_waker(waker);
+    for l in &mut listeners {
+        let pending = std::future::Future::poll(std::pin::Pin::new(l), &mut cx).is_pending();
+        assert!(pending, "listener resolved before the notify");
+    }
+    (event, listeners)
+}
+
+/// The floor row of a "wake `n` waiters" group: event-listener (the waiter list cancelctx
+/// builds on) notifying `n` listeners directly.
+pub fn bench_event_floor(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    n: usize,
+    waker: &Waker,
+    size: BatchSize,
+) {
+    group.bench_function(BenchmarkId::new("floor: event-listener notify(usize::MAX)", n), |b| {
+        b.iter_batched(
+            || listening_event(n, waker),
+            |s| {
+                s.0.notify(usize::MAX);
+                s
+            },
+            size,
+        )
+    });
 }
