@@ -19,10 +19,12 @@
 //! - Go's `ctx.Value(-1)` (a key no node holds, so the walk reaches the root) is
 //!   `ctx.value::<Missing>()` over a chain of value nodes of another type: keys are types here.
 //! - `go func() { ... }()` + `WaitGroup` (`DeepValueNewGoRoutine`): Rust has no goroutines.
-//!   The `cancelctx` row spawns a task on a two-worker tokio runtime and blocks on its
-//!   `JoinHandle` (the closest thing to a goroutine on a pool of `GOMAXPROCS` threads); a
-//!   second row spawns an OS thread per operation. Both measure the spawn far more than the
-//!   lookup, as Go's does.
+//!   The `cancelctx` row spawns a task on a current-thread tokio runtime and blocks on its
+//!   `JoinHandle`: the new task runs on the waiting thread, as Go's scheduler usually runs the
+//!   new goroutine on the P its parent leaves when it blocks in `wg.Wait()`. Two more rows
+//!   spawn the task on a two-worker tokio runtime (a cross-thread wake-up each way) and an OS
+//!   thread per operation. All of them measure the spawn far more than the lookup, as Go's
+//!   does.
 //!
 //! Run with `cargo bench --bench go_suite`; `CANCELCTX_BENCH_QUICK=1` for a short run.
 
@@ -68,6 +70,17 @@ fn common_parent_cancel(c: &mut Criterion) {
         })
     });
     drop(shared_guard);
+
+    // What the 200 divisions alone cost in this shape, so that the context's share of the
+    // figure can be read off (Go's figure includes the same loop).
+    group.bench_function("floor: busy work only", |b| {
+        b.iter_custom(|iters| {
+            common::two_threads(iters, || {
+                let x = go_busy(black_box(0));
+                black_box(go_busy(x));
+            })
+        })
+    });
 
     // tokio-util has no values: the same shape without the lookup.
     let shared = CancellationToken::new();
@@ -267,25 +280,31 @@ fn value_chain(depth: usize) -> Context {
 }
 
 /// `BenchmarkDeepValueNewGoRoutine/depth=N`: the missing-key lookup on a new goroutine,
-/// waited for. See the module docs for the two Rust forms.
+/// waited for. See the module docs for the Rust forms.
 fn deep_value_new_goroutine(c: &mut Criterion) {
     let mut group = c.benchmark_group("go/DeepValueNewGoRoutine");
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let local = tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime");
+    let pool = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .expect("tokio runtime");
     for depth in VALUE_DEPTHS {
         let ctx = value_chain(depth);
         let param = format!("depth={depth}");
+        let spawn_and_wait = |rt: &tokio::runtime::Runtime| {
+            let ctx = ctx.clone();
+            rt.block_on(rt.spawn(async move {
+                black_box(ctx.value::<Missing>().is_some());
+            }))
+            .expect("lookup task panicked")
+        };
         group.bench_function(BenchmarkId::new("cancelctx", &param), |b| {
-            b.iter(|| {
-                let ctx = ctx.clone();
-                rt.block_on(rt.spawn(async move {
-                    black_box(ctx.value::<Missing>().is_some());
-                }))
-                .expect("lookup task panicked")
-            })
+            b.iter(|| spawn_and_wait(&local))
         });
+        group.bench_function(
+            BenchmarkId::new("cancelctx (task on a 2-worker tokio runtime)", &param),
+            |b| b.iter(|| spawn_and_wait(&pool)),
+        );
         group.bench_function(BenchmarkId::new("cancelctx (OS thread per op)", &param), |b| {
             b.iter(|| {
                 std::thread::scope(|s| {

@@ -114,11 +114,11 @@ def fmt_num(x):
     return "-" if x is None else f"{x:,.0f}"
 
 
-def order_key(name, go_order):
+def order_key(name, go_order, later):
     if name in go_order:
-        return (go_order.index(name), name)
-    # Benchmarks Debian's Go lacks (ErrOK, ErrCanceled) go last, in a fixed order.
-    return (len(go_order), name)
+        return (0, go_order.index(name), name)
+    # Benchmarks Debian's Go lacks (ErrOK, ErrCanceled) go last, in the figures file's order.
+    return (1, later.index(name) if name in later else len(later), name)
 
 
 def render(out_dir, figures):
@@ -160,7 +160,7 @@ def render(out_dir, figures):
                  "| tokio-util ns/op |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     go_order = list(go)
-    names = sorted(set(go) | set(rust) | set(g126), key=lambda n: order_key(n, go_order))
+    names = sorted(set(go) | set(rust) | set(g126), key=lambda n: order_key(n, go_order, list(g126)))
     extra = []
     for name in names:
         gns, gb, ga = go.get(name, (None, None, None))
