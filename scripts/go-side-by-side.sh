@@ -6,7 +6,8 @@
 # sides see the same stretch of machine load), runs `cargo bench --bench go_suite`, and
 # replaces the generated Go section of BENCHMARKS.md (scripts/go-table.py) with one table:
 # Debian Go ns/op, B/op, allocs/op, cancelctx ns/op, ratio, and the Go 1.26 figures of
-# scripts/go-1.26-figures.tsv.
+# scripts/go-1.26-figures.tsv. A floor row (the busy loop of CommonParentCancel alone) is
+# run on both sides.
 #
 #   scripts/go-side-by-side.sh                           # ~6 min on 2 cores
 #   CANCELCTX_BENCH_QUICK=1 scripts/go-side-by-side.sh   # ~2 min: short Go and criterion runs
@@ -49,6 +50,31 @@ if ! (cd "$godir" && go test -run '^$' -bench 'ErrNoSuchBenchmark' . >/dev/null 
     godir=$scratch
 fi
 
+# A floor Go's file lacks: BenchmarkCommonParentCancel's busy loop (200 dependent integer
+# divisions) alone, so that the context's share of that figure can be read off on both sides
+# (the port has the same floor).
+floordir=$(mktemp -d)
+cat > "$floordir/floor_test.go" <<'GO'
+package floor_test
+
+import "testing"
+
+func BenchmarkCommonParentCancelFloorBusyWorkOnly(b *testing.B) {
+	b.RunParallel(func(pb *testing.PB) {
+		x := 0
+		for pb.Next() {
+			for i := 0; i < 100; i++ {
+				x /= x + 1
+			}
+			for i := 0; i < 100; i++ {
+				x /= x + 1
+			}
+		}
+	})
+}
+GO
+(cd "$floordir" && go mod init gofloorbench >/dev/null 2>&1)
+
 cargo bench --bench go_suite --no-run --quiet
 
 dirty=""
@@ -68,15 +94,18 @@ git diff --quiet HEAD -- src benches Cargo.toml 2>/dev/null \
 sampler=""
 sample() { (while sleep 5; do cut -d' ' -f1 /proc/loadavg >> "$1"; done) & sampler=$!; }
 stop_sampler() { [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true; sampler=""; }
-trap 'stop_sampler; [ -z "${scratch:-}" ] || rm -rf "$scratch"' EXIT INT TERM
+trap 'stop_sampler; rm -rf "$floordir"; [ -z "${scratch:-}" ] || rm -rf "$scratch"' EXIT INT TERM
 
 run_go() {
     sample "$out/load-go.txt"
     (cd "$godir" && go test -run '^$' -bench . -benchmem -count "$1" -benchtime "$benchtime") \
         | tee "$out/go-round.txt"
+    (cd "$floordir" && go test -run '^$' -bench . -benchmem -count "$1" -benchtime "$benchtime") \
+        | tee "$out/go-floor.txt"
     stop_sampler
     grep -q '^PASS' "$out/go-round.txt" || { echo "go test failed" >&2; exit 1; }
-    cat "$out/go-round.txt" >> "$out/go.txt"
+    grep -q '^PASS' "$out/go-floor.txt" || { echo "go test (floor) failed" >&2; exit 1; }
+    cat "$out/go-round.txt" "$out/go-floor.txt" >> "$out/go.txt"
 }
 
 run_go 1
