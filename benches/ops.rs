@@ -11,9 +11,9 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::task::Context as TaskContext;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cancelctx::{Context, Error, ManualClock};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -167,36 +167,13 @@ fn child_create_drop(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs `op` `iters` times on each of two threads released together by a barrier, and
-/// returns the wall time divided by two: the reported time is wall time per operation over
-/// all operations of both threads (Go's `RunParallel` convention; a thread's own latency
-/// per operation is twice that).
-fn two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
-    let barrier = Barrier::new(2);
-    let (a, b) = std::thread::scope(|s| {
-        let run = || {
-            barrier.wait();
-            let start = Instant::now();
-            for _ in 0..iters {
-                op();
-            }
-            (start, Instant::now())
-        };
-        let other = s.spawn(run);
-        let mine = run();
-        (mine, other.join().expect("bench thread panicked"))
-    });
-    let wall = a.1.max(b.1) - a.0.min(b.0);
-    wall / 2
-}
-
 fn child_create_drop_2threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("child_create_drop_2threads");
 
     let (parent, _parent_guard) = Context::background().with_cancel();
     group.bench_function("cancelctx", |b| {
         b.iter_custom(|iters| {
-            two_threads(iters, || {
+            common::two_threads(iters, || {
                 let (ctx, guard) = parent.with_cancel();
                 black_box(&ctx);
                 drop(guard);
@@ -207,22 +184,22 @@ fn child_create_drop_2threads(c: &mut Criterion) {
 
     let token = CancellationToken::new();
     group.bench_function("tokio-util", |b| {
-        b.iter_custom(|iters| two_threads(iters, || drop(black_box(token.child_token()))))
+        b.iter_custom(|iters| common::two_threads(iters, || drop(black_box(token.child_token()))))
     });
     group.bench_function("tokio-util (drop_guard: cancel + drop)", |b| {
         b.iter_custom(|iters| {
-            two_threads(iters, || drop(black_box(token.child_token().drop_guard())))
+            common::two_threads(iters, || drop(black_box(token.child_token().drop_guard())))
         })
     });
 
     group.bench_function("floor: Arc::new(AtomicBool)+drop", |b| {
         b.iter_custom(|iters| {
-            two_threads(iters, || drop(black_box(Arc::new(AtomicBool::new(false)))))
+            common::two_threads(iters, || drop(black_box(Arc::new(AtomicBool::new(false)))))
         })
     });
     let shared = Arc::new(AtomicBool::new(false));
     group.bench_function("floor: shared Arc clone+drop", |b| {
-        b.iter_custom(|iters| two_threads(iters, || drop(black_box(shared.clone()))))
+        b.iter_custom(|iters| common::two_threads(iters, || drop(black_box(shared.clone()))))
     });
     group.finish();
 }

@@ -70,6 +70,8 @@ def load(crit_dir):
             continue
         with open(bench) as f:
             meta = json.load(f)
+        if meta["group_id"].startswith("go/"):
+            continue  # the Go port (benches/go_suite.rs) has its own table: go-table.py
         with open(est_path) as f:
             est = json.load(f)
         median = est["median"]["point_estimate"]

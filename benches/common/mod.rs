@@ -9,9 +9,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::task::{Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion};
@@ -69,6 +69,29 @@ impl CountWaker {
     pub fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+}
+
+/// Runs `op` `iters` times on each of two threads released together by a barrier, and
+/// returns the wall time divided by two: the reported time is wall time per operation over
+/// all operations of both threads (Go's `RunParallel` convention with `GOMAXPROCS=2`; a
+/// thread's own latency per operation is twice that).
+pub fn two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
+    let barrier = Barrier::new(2);
+    let (a, b) = std::thread::scope(|s| {
+        let run = || {
+            barrier.wait();
+            let start = Instant::now();
+            for _ in 0..iters {
+                op();
+            }
+            (start, Instant::now())
+        };
+        let other = s.spawn(run);
+        let mine = run();
+        (mine, other.join().expect("bench thread panicked"))
+    });
+    let wall = a.1.max(b.1) - a.0.min(b.0);
+    wall / 2
 }
 
 /// `target/criterion` (or `$CRITERION_HOME`), found from this bench executable's path
