@@ -13,7 +13,7 @@ use futures_core::stream::{FusedStream, Stream};
 use crate::context::{CancelGuard, Context};
 use crate::error::{Error, NoClockError};
 use crate::time::Instant;
-use crate::wait::DoneOwned;
+use crate::wait::{poll_until_done, DoneOwned};
 
 /// Stream returned by [`Context::take_until_done`]: the inner stream's items until the
 /// context is done, then `None` forever.
@@ -146,25 +146,8 @@ impl<F: Future> Future for Timeout<F> {
         // only dropped in place through `Pin::set`. `done` and `_guard` are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: see above.
-        let mut future = unsafe { Pin::new_unchecked(&mut this.future) };
-        if let Some(err) = this.ctx.err() {
-            future.set(None);
-            return Poll::Ready(Err(err));
-        }
-        let Some(inner) = future.as_mut().as_pin_mut() else {
-            panic!("`Timeout` polled after completion");
-        };
-        if let Poll::Ready(output) = inner.poll(cx) {
-            future.set(None);
-            return Poll::Ready(Ok(output));
-        }
-        match Pin::new(&mut this.done).poll(cx) {
-            Poll::Ready(err) => {
-                future.set(None);
-                Poll::Ready(Err(err))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        poll_until_done(&this.ctx, &mut this.done, future, cx, "Timeout")
     }
 }
 
