@@ -100,8 +100,9 @@ pub(crate) fn poll_until_done<F: Future>(
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
 /// registered or allocated. Otherwise the first poll that finds the context live allocates
 /// one listener and a small relay waker (again if a later poll brings a different task
-/// waker), which keeps a panicking or re-entrant task waker from disturbing the other waiters
-/// (see [`CancelGuard::cancel`](crate::CancelGuard::cancel)).
+/// waker). With `std` that relay keeps a panicking or re-entrant task waker from disturbing
+/// the other waiters: task wakers run after the notification, outside its lock (see
+/// [`CancelGuard::cancel`](crate::CancelGuard::cancel)); without `std` they run inside it.
 /// Dropping the future unregisters it.
 ///
 /// ```
