@@ -613,9 +613,17 @@ impl Walk {
             .chain(wakes.map(Effect::Wake))
             .chain(callbacks.into_iter().map(Effect::Call));
         let panic = crate::panic::for_each_caught(effects, |effect| match effect {
-            Effect::ReleaseTimer(clock, key) => clock.get().cancel(key),
-            Effect::Wake(node) => crate::panic::notify_all(&node.event),
-            Effect::Call(callback) => callback.run_claimed(),
+            Effect::ReleaseTimer(clock, key) => {
+                clock.get().cancel(key);
+                None
+            }
+            // The wakers run after the notification (outside event-listener's lock); their
+            // first panic is returned, not resumed, and counts as this effect's panic.
+            Effect::Wake(node) => crate::relay::notify_all_caught(&node.event),
+            Effect::Call(callback) => {
+                callback.run_claimed();
+                None
+            }
         });
         // Last, the references (whose release may drop user values), then the first panic.
         drop((visited, foreign, held));

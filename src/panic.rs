@@ -15,18 +15,38 @@ pub(crate) type Payload = std::boxed::Box<dyn core::any::Any + Send + 'static>;
 #[cfg(not(feature = "std"))]
 pub(crate) type Payload = core::convert::Infallible;
 
+/// What a call run by [`for_each_caught`] returns: nothing, or the first panic of user code
+/// that the call caught itself (a notification returns its wakers' first panic), which counts
+/// as the call's own panic.
+pub(crate) trait Caught {
+    fn into_panic(self) -> Option<Payload>;
+}
+
+impl Caught for () {
+    fn into_panic(self) -> Option<Payload> {
+        None
+    }
+}
+
+impl Caught for Option<Payload> {
+    fn into_panic(self) -> Option<Payload> {
+        self
+    }
+}
+
 /// Calls `f` on every item, even if some calls panic, and returns the first panic.
-pub(crate) fn for_each_caught<I, F>(items: I, mut f: F) -> Option<Payload>
+pub(crate) fn for_each_caught<I, F, R>(items: I, mut f: F) -> Option<Payload>
 where
     I: IntoIterator,
-    F: FnMut(I::Item),
+    F: FnMut(I::Item) -> R,
+    R: Caught,
 {
     #[cfg(feature = "std")]
     {
         let mut first_panic = None;
         for item in items {
             let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| f(item)));
-            if let Err(payload) = result {
+            if let Some(payload) = result.map_or_else(Some, Caught::into_panic) {
                 first_panic.get_or_insert(payload);
             }
         }
@@ -34,6 +54,12 @@ where
     }
     #[cfg(not(feature = "std"))]
     {
+        // Without `std` no call can have caught a panic: its result is always `None`.
+        let mut f = |item| {
+            if let Some(never) = f(item).into_panic() {
+                match never {}
+            }
+        };
         struct Rest<I: Iterator, F: FnMut(I::Item)>(I, F);
         impl<I: Iterator, F: FnMut(I::Item)> Drop for Rest<I, F> {
             fn drop(&mut self) {
@@ -74,51 +100,4 @@ where
     F: FnMut(I::Item),
 {
     resume(for_each_caught(items, f));
-}
-
-/// A panic of a task waker, caught by the relay waker of `wait.rs` while `event-listener`
-/// was notifying (under its lock, where a panic would corrupt its count of notified
-/// listeners), handed to the notifier of this thread to resume after its bookkeeping.
-#[cfg(all(feature = "std", not(loom)))]
-mod deferred {
-    use super::Payload;
-    use core::cell::RefCell;
-
-    std::thread_local! {
-        static DEFERRED: RefCell<Option<Payload>> = const { RefCell::new(None) };
-    }
-
-    /// Keeps the first panic a waker raised on this thread until the notifier takes it.
-    pub(crate) fn defer(payload: Payload) {
-        let _ = DEFERRED.try_with(|d| {
-            d.borrow_mut().get_or_insert(payload);
-        });
-    }
-
-    /// Takes the panic deferred on this thread, if any.
-    pub(crate) fn take() -> Option<Payload> {
-        DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten()
-    }
-}
-#[cfg(all(feature = "std", not(loom)))]
-pub(crate) use deferred::{defer, take as take_deferred};
-
-/// Without the relay waker (no `std`, or loom) nothing is ever deferred.
-#[cfg(not(all(feature = "std", not(loom))))]
-pub(crate) fn take_deferred() -> Option<Payload> {
-    None
-}
-
-/// Notifies every listener of `event`; a panic of a task waker (caught and deferred by the
-/// relay waker) is resumed after the notification is complete, so every other listener is
-/// notified and `event-listener`'s state stays consistent.
-pub(crate) fn notify_all(event: &event_listener::Event) {
-    // A payload left over from a notification outside a completion walk (`event-listener`
-    // passes a notification on when a notified listener is dropped) is not ours to resume.
-    let _stale = take_deferred();
-    event.notify(usize::MAX);
-    #[cfg(feature = "std")]
-    if let Some(payload) = take_deferred() {
-        std::panic::resume_unwind(payload);
-    }
 }

@@ -1,17 +1,28 @@
-//! Waiting on an `event_listener::Event` without handing it the user's waker.
+//! The one way every waiter of the crate (a context's `Done` futures, `WaitGroup` and
+//! `Group` waiters) waits on an `event_listener::Event` without handing it the task's waker.
 //!
 //! event-listener calls a listener's waker while it holds the event's list lock. A user waker
 //! that panics there unwinds through event-listener mid-notification (the remaining listeners
 //! are not woken, its notified count is left wrong), and a waker that re-enters the same
-//! event (polls another waiter inline) deadlocks on that lock. The group primitives therefore
-//! register a [`Relay`] with the event instead. The relay's `wake` never runs user code while
-//! a crate call into the event is in progress: it only parks the task's waker on this thread's
-//! deferred list, and [`deferred_wakes`] (wrapped around every such call: `notify`, listener
-//! drops) wakes them once the call has returned, each under `catch_unwind`, and then resumes
-//! the first panic. So every waiter is woken even when some wakers panic.
+//! event (polls or drops another listener inline, as a run-inline executor does) deadlocks on
+//! that lock. So a [`Waiter`] registers a [`Relay`] with the event instead: one immutable
+//! relay per task waker (a poll with another waker makes a new one; the relay needs no lock
+//! and a pending poll costs one `will_wake`). The relay's `wake` never runs user code while a
+//! crate call into an event is in progress: it only parks the relay on this thread's deferred
+//! list, and [`deferred_wakes`] (wrapped around every such call: notifications, listener
+//! drops) wakes the tasks once event-listener has released its lock, each under
+//! `catch_unwind`. [`deferred_wakes`] then resumes the first panic; a context's completion
+//! walk uses [`notify_all_caught`] instead and adds that panic to its own collection, so it
+//! finishes its bookkeeping (other nodes' wakes, callbacks, references) before resuming.
 //!
-//! Without `std` (no thread-locals, no `catch_unwind`) and under loom (whose threads share an
-//! OS thread) the relay wakes the task directly.
+//! A wake outside every crate call (event-listener never wakes on its own, so this is only a
+//! safety net) wakes the task at once and drops a panic of its waker (the hook printed it).
+//!
+//! Without `std` there are no thread-locals and no `catch_unwind`: the relay wakes the task
+//! directly, under event-listener's lock, so a re-entrant waker deadlocks there and a panic
+//! unwinds through event-listener (which cannot be helped without `catch_unwind`). Under
+//! loom, whose threads share one OS thread (and so its thread-locals), the relay wakes
+//! directly as well; the models' wakers neither panic nor re-enter.
 
 use alloc::sync::Arc;
 use alloc::task::Wake;
@@ -26,6 +37,12 @@ use event_listener::{Event, EventListener};
 /// different waker gets a new relay (task wakers rarely change), so the relay needs no lock.
 pub(crate) struct Relay {
     task: Waker,
+}
+
+impl Relay {
+    fn wake_task(&self) {
+        self.task.wake_by_ref();
+    }
 }
 
 impl Wake for Relay {
@@ -47,6 +64,7 @@ mod deferred {
     use std::vec::Vec;
 
     use super::Relay;
+    use crate::panic::Payload;
 
     /// This thread's deferred wakes.
     struct Deferred {
@@ -72,61 +90,56 @@ mod deferred {
         if let Some(task) = task {
             // Outside every crate call (event-listener never wakes on its own): wake at once,
             // containing a panic so that it cannot unwind into event-listener.
-            let result =
-                std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| task.task.wake_by_ref()));
-            drop(result);
+            drop(crate::panic::for_each_caught([task], |task| task.wake_task()));
         }
     }
 
-    /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them.
-    pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
+    /// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them;
+    /// returns `f`'s result and the first panic of those wakers. Inside another such call
+    /// (a nested one) the wakes are left to that outer call, which also gets their panics.
+    pub(crate) fn deferred_wakes_caught<R>(f: impl FnOnce() -> R) -> (R, Option<Payload>) {
         let outermost = DEFERRED.try_with(|d| !d.active.replace(true)).unwrap_or(false);
         if !outermost {
-            return f();
+            return (f(), None);
         }
-        /// Wakes what was deferred, also if `f` unwinds.
-        struct Flush;
-        impl Drop for Flush {
+        /// Wakes what was deferred if `f` unwinds (event-listener does not panic, but the
+        /// wakes must never be lost); the panics of those wakers are dropped then (the hook
+        /// printed them, and one panic is already unwinding).
+        struct OnUnwind;
+        impl Drop for OnUnwind {
             fn drop(&mut self) {
-                // A waker run below may call into an event again: that call is then the
-                // outermost one and flushes (everything deferred so far) itself.
-                let mut tasks = DEFERRED
-                    .try_with(|d| {
-                        d.active.set(false);
-                        core::mem::take(&mut *d.list.borrow_mut())
-                    })
-                    .unwrap_or_default();
-                let mut first_panic = None;
-                for task in tasks.drain(..) {
-                    let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
-                        task.task.wake_by_ref();
-                    }));
-                    if let Err(payload) = woken {
-                        first_panic.get_or_insert(payload);
-                    }
-                }
-                // Keep the buffer for the next wake (re-growing it for every wake of
-                // thousands of waiters costs page faults), unless it is past 1 MiB.
-                if tasks.capacity() <= 65_536 {
-                    let _ = DEFERRED.try_with(|d| {
-                        let mut list = d.list.borrow_mut();
-                        if list.capacity() < tasks.capacity() {
-                            list.append(&mut tasks);
-                            core::mem::swap(&mut *list, &mut tasks);
-                        }
-                    });
-                }
-                if let Some(payload) = first_panic {
-                    if !std::thread::panicking() {
-                        std::panic::resume_unwind(payload);
-                    }
-                }
+                drop(flush());
             }
         }
-        let flush = Flush;
+        let on_unwind = OnUnwind;
         let result = f();
-        drop(flush);
-        result
+        core::mem::forget(on_unwind);
+        (result, flush())
+    }
+
+    /// Ends this thread's deferring and wakes the deferred tasks, each under `catch_unwind`.
+    fn flush() -> Option<Payload> {
+        // A waker run below may call into an event again: that call is then the outermost
+        // one and flushes (what it deferred) itself.
+        let mut tasks = DEFERRED
+            .try_with(|d| {
+                d.active.set(false);
+                core::mem::take(&mut *d.list.borrow_mut())
+            })
+            .unwrap_or_default();
+        let first_panic = crate::panic::for_each_caught(tasks.drain(..), |task| task.wake_task());
+        // Keep the buffer for the next wake (re-growing it for every wake of thousands of
+        // waiters costs page faults), unless it is past 1 MiB.
+        if tasks.capacity() <= 65_536 {
+            let _ = DEFERRED.try_with(|d| {
+                let mut list = d.list.borrow_mut();
+                if list.capacity() < tasks.capacity() {
+                    list.append(&mut tasks);
+                    core::mem::swap(&mut *list, &mut tasks);
+                }
+            });
+        }
+        first_panic
     }
 }
 
@@ -135,22 +148,38 @@ mod deferred {
     use alloc::sync::Arc;
 
     use super::Relay;
+    use crate::panic::Payload;
 
     pub(super) fn defer_or_wake(task: Arc<Relay>) {
-        task.task.wake_by_ref();
+        task.wake_task();
     }
 
-    pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-        f()
+    pub(crate) fn deferred_wakes_caught<R>(f: impl FnOnce() -> R) -> (R, Option<Payload>) {
+        (f(), None)
     }
 }
 
 use deferred::defer_or_wake;
-pub(crate) use deferred::deferred_wakes;
+use deferred::deferred_wakes_caught;
 
-/// Wakes every listener of `event` (wakers run after the notification, panics contained).
+/// Runs `f` (a call into an event) with this thread's wakes deferred, then wakes them, each
+/// under `catch_unwind`; then resumes the first panic of those wakers.
+pub(crate) fn deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
+    let (result, panic) = deferred_wakes_caught(f);
+    crate::panic::resume(panic);
+    result
+}
+
+/// Wakes every listener of `event` (wakers run after the notification, panics contained and
+/// the first one resumed).
 pub(crate) fn notify_all(event: &Event) {
     deferred_wakes(|| event.notify(usize::MAX));
+}
+
+/// [`notify_all`] for a completion walk: returns the first panic of the wakers instead of
+/// resuming it, so the walk can finish first.
+pub(crate) fn notify_all_caught(event: &Event) -> Option<crate::panic::Payload> {
+    deferred_wakes_caught(|| event.notify(usize::MAX)).1
 }
 
 /// One waiter's registration on an event: the listener and the relay it is polled with.
@@ -178,6 +207,13 @@ impl Waiter {
         if let Some(listener) = self.listener.take() {
             deferred_wakes(|| drop(listener));
         }
+    }
+
+    /// Stops listening and releases the task's waker (the waiter is done: nothing will wake
+    /// it again).
+    pub(crate) fn release(&mut self) {
+        self.clear();
+        self.relay = None;
     }
 
     /// Polls the listener: `Ready` once notified (the listener is then gone), `Pending` with

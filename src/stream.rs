@@ -13,7 +13,7 @@ use futures_core::stream::{FusedStream, Stream};
 use crate::context::{CancelGuard, Context};
 use crate::error::{Error, NoClockError};
 use crate::time::Instant;
-use crate::wait::DoneOwned;
+use crate::wait::{poll_until_done, DoneOwned};
 
 /// Stream returned by [`Context::take_until_done`]: the inner stream's items until the
 /// context is done, then `None` forever.
@@ -147,19 +147,8 @@ impl<F: Future> Future for Timeout<F> {
         // only dropped in place through `Pin::set`. `done` and `guard` are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: see above.
-        let mut future = unsafe { Pin::new_unchecked(&mut this.future) };
-        let Some(inner) = future.as_mut().as_pin_mut() else {
-            panic!("`Timeout` polled after completion");
-        };
-        let result = if let Some(err) = this.ctx.err() {
-            Err(err)
-        } else {
-            match inner.poll(cx) {
-                Poll::Ready(output) => Ok(output),
-                Poll::Pending => Err(ready!(Pin::new(&mut this.done).poll(cx))),
-            }
-        };
-        future.set(None);
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        let result = ready!(poll_until_done(&this.ctx, &mut this.done, future, cx, "Timeout"));
         // Finished: end the deadline's context and release its timer now, not when this
         // future is dropped (it may stay around, fused, in a `select!` loop).
         drop(this.guard.take());

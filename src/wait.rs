@@ -6,58 +6,48 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context as TaskContext, Poll};
 
-use event_listener::EventListener;
 use futures_core::future::FusedFuture;
 
 use crate::context::Context;
 use crate::error::Error;
 use crate::node::CancelNode;
+use crate::relay::Waiter as RelayWaiter;
 use crate::state::{self, WAITERS};
 use crate::sync::Ordering;
 
-/// Registers `listener` on `node` (once) and reports the error when the node is done.
+/// Registers `waiter` on `node` (once) and reports the error when the node is done.
 ///
 /// The protocol: listen, then `fetch_or(WAITERS)`. That read-modify-write is ordered with
 /// the completing compare-exchange on the same word: if it comes first, the completer sees
 /// WAITERS and notifies our (already inserted) listener; if it comes second, it returns the
 /// done state and we resolve at once. No wake-up can be lost in between.
-fn poll_node(
-    node: &CancelNode,
-    listener: &mut Option<EventListener>,
-    cx: &mut TaskContext<'_>,
-) -> Poll<Error> {
+fn poll_node(node: &CancelNode, waiter: &mut RelayWaiter, cx: &mut TaskContext<'_>) -> Poll<Error> {
     loop {
         if let Some(err) = node.err() {
-            *listener = None;
             return Poll::Ready(err);
         }
-        match listener {
-            None => {
-                *listener = Some(node.event.listen());
-                // memory ordering: AcqRel; see above. Release makes the listener's insertion
-                // visible to the completer that acquires this value.
-                let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
-                if let Some(err) = state::error_of(old) {
-                    *listener = None;
-                    return Poll::Ready(err);
-                }
+        if !waiter.is_listening() {
+            waiter.listen(&node.event);
+            // memory ordering: AcqRel; see above. Release makes the listener's insertion
+            // visible to the completer that acquires this value.
+            let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+            if let Some(err) = state::error_of(old) {
+                return Poll::Ready(err);
             }
-            Some(l) => match Pin::new(l).poll(cx) {
-                // Notified: the state is done now; loop to read it.
-                Poll::Ready(()) => *listener = None,
-                Poll::Pending => return Poll::Pending,
-            },
+        }
+        match waiter.poll(cx) {
+            // Notified: the state is done now; loop to read it.
+            Poll::Ready(()) => {}
+            Poll::Pending => return Poll::Pending,
         }
     }
 }
 
-/// The state shared by [`Done`] and [`DoneOwned`]: an optional listener, the relay waker
-/// (with `std`) and whether the future has resolved.
+/// The state shared by [`Done`] and [`DoneOwned`]: the registration (a listener and the
+/// relay waker event-listener holds, see `crate::relay`) and whether the future resolved.
 #[derive(Default)]
 struct Waiter {
-    listener: Option<EventListener>,
-    #[cfg(all(feature = "std", not(loom)))]
-    relay: Option<relay::Relay>,
+    waiter: RelayWaiter,
     finished: bool,
 }
 
@@ -65,102 +55,43 @@ impl Waiter {
     fn poll(&mut self, ctx: &Context, cx: &mut TaskContext<'_>) -> Poll<Error> {
         // Never done: nothing to register, nothing to allocate.
         let Some(node) = ctx.scope() else { return Poll::Pending };
-        if let Some(err) = node.err() {
-            self.resolved();
-            return Poll::Ready(err);
-        }
-        // `event-listener` wakes tasks under its lock, where a panicking waker would corrupt
-        // its count of notified listeners: it gets the relay, which contains the panic and
-        // defers it to the completer (see `relay`).
-        #[cfg(all(feature = "std", not(loom)))]
-        let mut cx = TaskContext::from_waker(
-            self.relay.get_or_insert_with(relay::Relay::default).waker_for(cx.waker()),
-        );
-        #[cfg(all(feature = "std", not(loom)))]
-        let cx = &mut cx;
-        let result = poll_node(node, &mut self.listener, cx);
+        let result = poll_node(node, &mut self.waiter, cx);
         if result.is_ready() {
-            self.resolved();
+            // Nothing stays registered, and the task's waker is released.
+            self.waiter.release();
+            self.finished = true;
         }
         result
     }
-
-    /// Done: nothing stays registered, and the task's waker is released.
-    fn resolved(&mut self) {
-        self.listener = None;
-        self.finished = true;
-        #[cfg(all(feature = "std", not(loom)))]
-        if let Some(relay) = &self.relay {
-            relay.release_task();
-        }
-    }
 }
 
-#[cfg(all(feature = "std", not(loom)))]
-mod relay {
-    //! The waker a [`Waiter`](super::Waiter) gives `event-listener`: it forwards to the task's
-    //! waker and catches a panic of that waker, handing it to the completing thread (through
-    //! `crate::panic::defer`), which resumes it after its walk: every other waiter is woken
-    //! and `event-listener` never sees a panic inside `notify`.
-    use alloc::sync::Arc;
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::Mutex;
-    use std::task::{Wake, Waker};
-
-    /// The relay and a `Waker` made from it (kept, so a poll makes no new one).
-    pub(super) struct Relay {
-        shared: Arc<Shared>,
-        waker: Waker,
+/// Polls `future` (`None` once finished) against the context being done, for [`Run`] and
+/// `Timeout`: the context's error first, then the future, then `done` (which registers the
+/// wake-up). The future is dropped as soon as either side ends.
+pub(crate) fn poll_until_done<F: Future>(
+    ctx: &Context,
+    done: &mut (impl Future<Output = Error> + Unpin),
+    mut future: Pin<&mut Option<F>>,
+    cx: &mut TaskContext<'_>,
+    name: &str,
+) -> Poll<Result<F::Output, Error>> {
+    if let Some(err) = ctx.err() {
+        future.set(None);
+        return Poll::Ready(Err(err));
     }
-
-    #[derive(Default)]
-    struct Shared {
-        task: Mutex<Option<Waker>>,
+    let Some(inner) = future.as_mut().as_pin_mut() else {
+        panic!("`{name}` polled after completion");
+    };
+    if let Poll::Ready(output) = inner.poll(cx) {
+        future.set(None);
+        return Poll::Ready(Ok(output));
     }
-
-    impl Default for Relay {
-        fn default() -> Relay {
-            let shared = Arc::new(Shared::default());
-            Relay { waker: Waker::from(shared.clone()), shared }
+    match Pin::new(done).poll(cx) {
+        Poll::Ready(err) => {
+            future.set(None);
+            Poll::Ready(Err(err))
         }
-    }
-
-    impl Relay {
-        /// Points the relay at `task` (the waker of the latest poll) and returns the waker to
-        /// register with the listener.
-        pub(super) fn waker_for(&self, task: &Waker) -> &Waker {
-            let mut slot = self.shared.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !slot.as_ref().is_some_and(|old| old.will_wake(task)) {
-                *slot = Some(task.clone());
-            }
-            &self.waker
-        }
-    }
-
-    impl Relay {
-        /// Drops the task's waker (the future has resolved: nothing will wake it again).
-        pub(super) fn release_task(&self) {
-            let task = self.shared.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-            drop(task); // outside the lock
-        }
-    }
-
-    impl Wake for Shared {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            let woken = catch_unwind(AssertUnwindSafe(|| {
-                let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(task) = task {
-                    task.wake();
-                }
-            }));
-            if let Err(payload) = woken {
-                crate::panic::defer(payload);
-            }
-        }
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -168,8 +99,10 @@ mod relay {
 ///
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
 /// registered or allocated. Otherwise the first poll that finds the context live allocates
-/// one listener and (with `std`) a small relay waker, which keeps a panicking task waker from
-/// disturbing the other waiters (see [`CancelGuard::cancel`](crate::CancelGuard::cancel)).
+/// one listener and a small relay waker (again if a later poll brings a different task
+/// waker). With `std` that relay keeps a panicking or re-entrant task waker from disturbing
+/// the other waiters: task wakers run after the notification, outside its lock (see
+/// [`CancelGuard::cancel`](crate::CancelGuard::cancel)); without `std` they run inside it.
 /// Dropping the future unregisters it.
 ///
 /// ```
@@ -346,25 +279,8 @@ impl<F: Future> Future for Run<'_, F> {
         // only dropped in place through `Pin::set`. `done` is `Unpin` and not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: see above.
-        let mut future = unsafe { Pin::new_unchecked(&mut this.future) };
-        if let Some(err) = this.done.ctx.err() {
-            future.set(None);
-            return Poll::Ready(Err(err));
-        }
-        let Some(inner) = future.as_mut().as_pin_mut() else {
-            panic!("`Run` polled after completion");
-        };
-        if let Poll::Ready(output) = inner.poll(cx) {
-            future.set(None);
-            return Poll::Ready(Ok(output));
-        }
-        match Pin::new(&mut this.done).poll(cx) {
-            Poll::Ready(err) => {
-                future.set(None);
-                Poll::Ready(Err(err))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        poll_until_done(this.done.ctx, &mut this.done, future, cx, "Run")
     }
 }
 

@@ -519,6 +519,39 @@ fn panicking_task_waker_mid_walk_still_finishes_the_walk() {
     assert_walk_finished(tree, waiter);
 }
 
+/// The walk wakes waiters before it runs callbacks: a waker's panic is the walk's first panic
+/// (collected like a callback's, not unwound mid-walk), every callback still runs, and a
+/// waiter on a second node of the walk is still woken. A design pin: it passed before the
+/// walk collected wakers' panics itself (a resumed panic was caught again by the walk).
+#[test]
+fn a_wakers_panic_is_the_walks_first_and_the_walk_goes_on() {
+    let (root, guard) = Context::unclocked().with_cancel();
+    let (child, _child_guard) = root.with_cancel();
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    let mut panicking = Box::pin(root.done());
+    assert!(panicking.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending());
+    let (counter, counting) = counting_waker();
+    let mut counted = Box::pin(child.done());
+    assert!(counted.as_mut().poll(&mut TaskContext::from_waker(&counting)).is_pending());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let _handles = [&root, &child].map(|ctx| {
+        let ran = ran.clone();
+        ctx.after_func(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            panic!("callback panics");
+        })
+    });
+
+    let payload = catch_unwind(AssertUnwindSafe(|| guard.cancel())).expect_err("resumed");
+    assert_eq!(panic_message(&*payload), "task waker panics");
+    assert_eq!(ran.load(Ordering::SeqCst), 2, "every callback ran after the waker's panic");
+    assert_eq!(counter.wakes(), 1, "the other node's waiter was woken");
+    assert_eq!(
+        counted.as_mut().poll(&mut TaskContext::from_waker(&counting)),
+        Poll::Ready(Error::Canceled)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Item 11: fired timers are not cancelled.
 

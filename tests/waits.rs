@@ -950,3 +950,68 @@ fn no_lost_wakeup_dense_registration() {
         }
     }
 }
+
+/// A waker that polls another `done()` of the same context inline when woken (as a
+/// run-inline executor would), and starts and drops a fresh one: waking it must not deadlock
+/// on event-listener's lock, and both futures see the context done.
+#[test]
+fn a_reentrant_waker_on_done_does_not_deadlock() {
+    use std::task::Wake;
+
+    struct Reentrant {
+        other: std::sync::Mutex<Option<Pin<Box<cancelctx::DoneOwned>>>>,
+        fresh: Context,
+        seen: AtomicUsize,
+    }
+    impl Wake for Reentrant {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let (_c, waker) = counting_waker();
+            let mut cx = TaskContext::from_waker(&waker);
+            if let Some(other) = self.other.lock().unwrap().as_mut() {
+                if other.as_mut().poll(&mut cx).is_ready() {
+                    self.seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            if pin!(self.fresh.done()).poll(&mut cx).is_ready() {
+                self.seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    // The scenario runs on its own thread; this one only watches for a hang.
+    let (finished, watch) = mpsc::channel();
+    thread::spawn(move || {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        let reentrant = Arc::new(Reentrant {
+            other: std::sync::Mutex::new(Some(Box::pin(ctx.done_owned()))),
+            fresh: ctx.clone(),
+            seen: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(reentrant.clone());
+        let mut done = pin!(ctx.done());
+        assert!(done.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending());
+        {
+            let (_c, w) = counting_waker();
+            let mut other = reentrant.other.lock().unwrap();
+            let other = other.as_mut().unwrap().as_mut();
+            assert!(other.poll(&mut TaskContext::from_waker(&w)).is_pending());
+        }
+        guard.cancel();
+        let seen = reentrant.seen.load(Ordering::SeqCst);
+        let polled = done.as_mut().poll(&mut TaskContext::from_waker(&waker));
+        finished.send((seen, polled)).unwrap();
+    });
+    match watch.recv_timeout(BOUND) {
+        Ok((seen, polled)) => {
+            assert_eq!(seen, 2, "the waker saw both inline futures resolve");
+            assert_eq!(polled, Poll::Ready(Error::Canceled));
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("cancelling deadlocked: a re-entrant waker ran under event-listener's lock")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario thread panicked"),
+    }
+}
