@@ -23,16 +23,9 @@ use std::task::{Context as TaskContext, Poll};
 /// Preemptions explored per model unless `LOOM_MAX_PREEMPTIONS` says otherwise.
 const PREEMPTIONS: usize = 3;
 
-fn model<F>(f: F)
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    let mut builder = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(PREEMPTIONS);
-    }
-    builder.check(f);
-}
+#[path = "common/loom_model.rs"]
+mod loom_model;
+use loom_model::model;
 
 /// The last `done` races a waiter that registers at the same time: the waiter returns.
 ///
@@ -40,7 +33,7 @@ where
 /// WAITERS and notifies an empty list, and the waiter listens for a zero that has passed.
 #[test]
 fn last_done_vs_new_waiter() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let wg = WaitGroup::new();
         let unit = wg.add();
         let worker = thread::spawn(move || drop(unit));
@@ -55,7 +48,7 @@ fn last_done_vs_new_waiter() {
 /// Fails on the same mutation as `last_done_vs_new_waiter`.
 #[test]
 fn last_done_vs_blocking_waiter() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let wg = WaitGroup::new();
         let unit = wg.add();
         let worker = thread::spawn(move || drop(unit));
@@ -70,7 +63,7 @@ fn last_done_vs_blocking_waiter() {
 /// Fails (deadlock) on the mutation of `last_done_vs_new_waiter`.
 #[test]
 fn add_racing_wait() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let wg = WaitGroup::new();
         let first = wg.add();
         let finisher = thread::spawn(move || drop(first));
@@ -91,7 +84,7 @@ fn add_racing_wait() {
 /// Fails (deadlock) when the waiter ignores EPOCH and only looks at the count.
 #[test]
 fn zero_crossing_releases_a_waiter_after_new_work() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let wg = WaitGroup::new();
         let first = wg.add();
         let waker = futures::task::noop_waker();
@@ -116,7 +109,7 @@ fn zero_crossing_releases_a_waiter_after_new_work() {
 /// Fails (assertion) when a notified waiter returns without checking EPOCH and count again.
 #[test]
 fn late_notify_does_not_release_a_newer_waiter() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let wg = WaitGroup::new();
         let first = wg.add();
         let old_waiter = {
@@ -148,7 +141,7 @@ fn late_notify_does_not_release_a_newer_waiter() {
 /// `listen` (a slot freed in between is never announced to it).
 #[test]
 fn freed_slot_vs_waiting_member() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let group: Group<std::fmt::Error> = Group::new(&Context::with_clock(ManualClock::new()));
         group.set_limit(Some(1));
         let waker = futures::task::noop_waker();

@@ -25,26 +25,9 @@ use loom::thread;
 
 const PREEMPTIONS: usize = 3;
 
-fn model<F>(f: F)
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    let mut builder = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(PREEMPTIONS);
-    }
-    let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = executions.clone();
-    builder.check(move || {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        f();
-    });
-    println!(
-        "{}: {} executions",
-        std::thread::current().name().unwrap_or("?"),
-        executions.load(std::sync::atomic::Ordering::Relaxed)
-    );
-}
+#[path = "common/loom_model.rs"]
+mod loom_model;
+use loom_model::model;
 
 #[derive(Debug)]
 struct Cause(&'static str);
@@ -71,7 +54,7 @@ fn cause_name(ctx: &Context) -> &'static str {
 /// `self`'s walk has not reached the child yet: "linked child live after other's cancel".
 #[test]
 fn both_parents_cancel_at_once() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let clock = ManualClock::new();
         let root = Context::with_clock(clock);
         let (a, guard_a) = root.with_cancel();
@@ -117,7 +100,7 @@ impl Drop for Tracked {
 /// "self's chain still held after the child was dropped".
 #[test]
 fn self_cancels_while_the_child_is_dropped() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let clock = ManualClock::new();
         let root = Context::with_clock(clock);
         let freed = Arc::new(AtomicUsize::new(0));
@@ -154,7 +137,7 @@ fn self_cancels_while_the_child_is_dropped() {
 /// coverage of the composition (the child freed from inside `other`'s walk).
 #[test]
 fn other_cancels_while_the_child_is_dropped() {
-    model(|| {
+    model(PREEMPTIONS, || {
         let clock = ManualClock::new();
         let root = Context::with_clock(clock);
         let freed = Arc::new(AtomicUsize::new(0));
