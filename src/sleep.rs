@@ -58,15 +58,32 @@ impl Context {
     /// ```
     #[track_caller]
     pub fn sleep(&self, d: Duration) -> Sleep<'_> {
-        let Some(now) = self.now() else { panic!("{NoClockError}") };
-        Sleep {
+        match self.try_sleep(d) {
+            Ok(sleep) => sleep,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`sleep`](Context::sleep), or [`NoClockError`] if the tree has no clock (for code
+    /// that takes contexts from callers and must not panic).
+    ///
+    /// ```
+    /// use cancelctx::{Context, ManualClock, NoClockError};
+    /// use std::time::Duration;
+    /// assert_eq!(Context::unclocked().try_sleep(Duration::from_secs(1)).err(), Some(NoClockError));
+    /// let ctx = Context::with_clock(ManualClock::new());
+    /// assert_eq!(pollster::block_on(ctx.try_sleep(Duration::ZERO).unwrap()), Ok(()));
+    /// ```
+    pub fn try_sleep(&self, d: Duration) -> Result<Sleep<'_>, NoClockError> {
+        let now = self.now().ok_or(NoClockError)?;
+        Ok(Sleep {
             ctx: self,
             deadline: now.saturating_add(d),
             done: self.done(),
             timer: None,
             waker: None,
             finished: false,
-        }
+        })
     }
 }
 

@@ -105,6 +105,21 @@ fn sleep_on_an_unclocked_tree_panics_clearly() {
     drop(Context::unclocked().sleep(Duration::from_secs(1)));
 }
 
+#[test]
+fn try_sleep_reports_a_missing_clock_and_otherwise_sleeps() {
+    let (ctx, _guard) = Context::unclocked().with_cancel();
+    assert_eq!(ctx.try_sleep(Duration::from_secs(1)).err(), Some(cancelctx::NoClockError));
+
+    let clock = ManualClock::new();
+    let ctx = Context::with_clock(clock.clone());
+    let mut sleep = Box::pin(ctx.try_sleep(Duration::from_secs(1)).expect("clocked"));
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(sleep.as_mut().poll(&mut cx).is_pending());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(sleep.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(())));
+}
+
 /// A clock that wakes every timer at once, however far its deadline (allowed by the
 /// `Clock` contract): the sleeper must schedule again, not hang nor finish early.
 #[derive(Default)]
