@@ -93,7 +93,11 @@ impl Context {
     ///
     /// When `other` ends, the child is completed inside `other`'s completion (on the
     /// thread that cancels it, or on its clock's timer thread), so the child's own
-    /// `after_func` callbacks run there too.
+    /// `after_func` callbacks run there too. The link is itself an `after_func` on `other`:
+    /// callbacks registered on `other`'s subtree before it run first, and if one of them
+    /// ends `self` meanwhile (say, by moving a `ManualClock` onto a deadline of `self`'s
+    /// due at the same instant as `other`'s), the child takes `self`'s error and cause:
+    /// first completion wins.
     ///
     /// # Examples
     ///
