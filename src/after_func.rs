@@ -22,15 +22,20 @@ pub(crate) struct Callback {
     /// the completion walk that claims the callback, or by `stop`.
     node: Mutex<Option<NodeRef>>,
     f: Mutex<Option<Func>>,
+    /// A crate-internal link (`with_linked`): the walk runs it before user callbacks, so the
+    /// linked child is completed as part of the completion, before any user callback can
+    /// move a clock or cancel something that would reach the child first.
+    pub(crate) link: bool,
 }
 
 impl Callback {
-    fn new(f: Func) -> Callback {
+    fn new(f: Func, link: bool) -> Callback {
         Callback {
             state: AtomicU8::new(PENDING),
             slot: AtomicU32::new(0),
             node: Mutex::new(None),
             f: Mutex::new(Some(f)),
+            link,
         }
     }
 
@@ -168,6 +173,16 @@ impl Context {
     /// assert_eq!(rx.recv().unwrap(), "closed the connection");
     /// ```
     pub fn after_func(&self, f: impl FnOnce() + Send + 'static) -> AfterFunc {
+        self.register_after_func(Box::new(f), false)
+    }
+
+    /// [`after_func`](Context::after_func) for the crate's own links: the completion walk
+    /// runs these before the user callbacks it claimed (see [`Callback::link`]).
+    pub(crate) fn after_func_link(&self, f: impl FnOnce() + Send + 'static) -> AfterFunc {
+        self.register_after_func(Box::new(f), true)
+    }
+
+    fn register_after_func(&self, f: Func, link: bool) -> AfterFunc {
         let Some(scope) = self.scope() else {
             return AfterFunc { inner: Registration::Never { stopped: Default::default() } };
         };
@@ -177,7 +192,7 @@ impl Context {
             // SAFETY: the scope is kept alive by `self` during this call.
             _ => unsafe { NodeRef::upgrade(scope.ptr()) }.expect("the scope is alive"),
         };
-        let callback = Arc::new(Callback::new(Box::new(f)));
+        let callback = Arc::new(Callback::new(f, link));
         if scope.add_callback(node, &callback) {
             AfterFunc { inner: Registration::Pending { callback } }
         } else {

@@ -93,11 +93,9 @@ impl Context {
     ///
     /// When `other` ends, the child is completed inside `other`'s completion (on the
     /// thread that cancels it, or on its clock's timer thread), so the child's own
-    /// `after_func` callbacks run there too. The link is itself an `after_func` on `other`:
-    /// callbacks registered on `other`'s subtree before it run first, and if one of them
-    /// ends `self` meanwhile (say, by moving a `ManualClock` onto a deadline of `self`'s
-    /// due at the same instant as `other`'s), the child takes `self`'s error and cause:
-    /// first completion wins.
+    /// `after_func` callbacks run there too. The link runs before any user callback of
+    /// `other`'s completion, so no callback there (one that moves a `ManualClock` onto a
+    /// deadline of `self`'s due at the same instant, say) can end the child first.
     ///
     /// # Examples
     ///
@@ -146,7 +144,7 @@ impl Context {
             return (child, guard);
         }
         let (target, source) = (child.clone(), other.clone());
-        let registration = other.after_func(move || complete_from(&target, &source));
+        let registration = other.after_func_link(move || complete_from(&target, &source));
         if other.is_done() {
             // The function ran already, or `other`'s completion has claimed it: the
             // registration ends by itself and there is nothing to stop.

@@ -601,7 +601,14 @@ impl Walk {
         if old & LINKS != 0 {
             first.state.fetch_or(FINISHED, Ordering::Release);
         }
-        let Walk { visited, foreign, callbacks, held, timer, timers, .. } = self;
+        let Walk { visited, foreign, mut callbacks, held, timer, timers, .. } = self;
+        // Links (`with_linked`) complete their children before any user callback runs, so a
+        // linked child ends as part of this completion (as its docs say), whatever the user
+        // callbacks do. A stable sort, and only when there is a link: user callbacks keep
+        // their order.
+        if callbacks.iter().any(|c| c.link) {
+            callbacks.sort_by_key(|c| !c.link);
+        }
         let first_wake = (old & WAITERS != 0).then_some(first);
         let wakes = first_wake
             .into_iter()

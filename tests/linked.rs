@@ -473,3 +473,26 @@ fn linking_to_an_ancestor_or_to_itself() {
     assert_done(&c, Error::Canceled, Some("server"));
     assert_done(&same, Error::Canceled, Some("server"));
 }
+
+/// Found by the fuzzer: `other` and `self`'s ancestor have deadlines at the same instant;
+/// `other`'s fires first, and a user callback on `other` that was registered before the link
+/// moves the clock (firing `self`'s deadline) before the link ran. The link runs before user
+/// callbacks, so the child ends with `other`'s error and cause, inside `other`'s completion.
+#[test]
+fn the_link_runs_before_user_callbacks_that_move_the_clock() {
+    let clock = ManualClock::new();
+    let root = Context::with_clock(clock.clone());
+    let at = Instant::from_nanos(60);
+    let (other, _other_guard) = root.with_deadline_cause(at, Tag("other's deadline"));
+    let mover = clock.clone();
+    let _moves = other.after_func(move || mover.advance(Duration::ZERO));
+    let (own, _own_guard) = root.with_deadline(at); // scheduled after `other`'s timer
+    let (parent, _parent_guard) = own.with_cancel();
+    let (child, _guard) = parent.with_linked(&other);
+
+    clock.set(at);
+    assert_eq!(own.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+    let cause = child.cause().expect("done");
+    assert_eq!(cause.downcast_ref::<Tag>(), Some(&Tag("other's deadline")));
+}
