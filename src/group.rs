@@ -550,10 +550,9 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        // SAFETY: only `stage` is structurally pinned, and only its `Running(Fut)` variant:
-        // `Fut` is never moved out (it is dropped in place by `Pin::set`); `F` in `Start` is
-        // not pinned (we never hand out `Pin<&mut F>`) and may be moved out. The other fields
-        // are never pinned.
+        // Only `stage`'s `Running(Fut)` is structurally pinned: `Fut` is dropped in place by
+        // `Pin::set`, never moved; `F` in `Start` and the other fields are never pinned.
+        // SAFETY: per the above, nothing pinned is moved out of `this`.
         let this = unsafe { self.get_unchecked_mut() };
         loop {
             match &mut this.stage {

@@ -213,10 +213,9 @@ fn install() -> Result<(), (io::ErrorKind, String)> {
     writer.set_nonblocking(true).map_err(|e| fail("creating the signal self-pipe", e))?;
 
     for signal in Signal::ALL {
-        // SAFETY: the action only loads and sets atomics, unparks a thread on windows (whose
-        // console handlers run on an ordinary thread) and calls signal-hook's
-        // `emulate_default_handler`, all allowed in a handler; it neither panics nor
-        // allocates.
+        // The action only loads and sets atomics, unparks a thread on windows (console handlers
+        // run on an ordinary thread) and calls `emulate_default_handler`; it never allocates.
+        // SAFETY: all of that is allowed in a signal handler, and none of it panics.
         unsafe { signal_hook::low_level::register(signal.number(), move || on_signal(signal)) }
             .map_err(|e| fail("registering the signal handler", e))?;
         #[cfg(unix)]
