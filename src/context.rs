@@ -208,9 +208,14 @@ impl Context {
     }
 
     pub(crate) fn child(&self, meta: Option<Box<Meta>>) -> (Context, CancelGuard) {
+        let linked_at_birth = meta.is_some();
         let (node, guard) = NodeRef::new_pair(CancelNode::new(self.clone(), meta));
         if let Some(scope) = self.scope() {
-            scope.attach(&node);
+            if linked_at_birth {
+                scope.attach(&node);
+            } else {
+                scope.adopt(&node);
+            }
         }
         (Context { repr: Repr::Cancel(node) }, CancelGuard { node: Some(guard), drop_cause: None })
     }
@@ -302,7 +307,7 @@ impl Context {
     #[inline]
     #[must_use]
     pub fn is_done(&self) -> bool {
-        self.err().is_some()
+        self.scope().is_some_and(CancelNode::is_done)
     }
 
     /// Whether this context can ever be done: `false` for roots ([`background`](Context::background),
@@ -912,7 +917,7 @@ impl CancelGuard {
     /// ```
     #[must_use]
     pub fn is_done(&self) -> bool {
-        self.node().err().is_some()
+        self.node().is_done()
     }
 }
 

@@ -48,7 +48,7 @@ use event_listener::Event;
 use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
-use crate::state::{self, CAUSE, FINISHED, INHERITED, LINKS, WAITERS};
+use crate::state::{self, CAUSE, DETACHED, FINISHED, INHERITED, LINKS, WAITERS};
 use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
@@ -85,6 +85,24 @@ pub(crate) struct Inner {
     callbacks: Vec<Arc<Callback>>,
     cause: Option<Cause>,
     timer: Option<TimerKey>,
+}
+
+impl Inner {
+    /// Appends a linked child, recording its index for O(1) removal. Under the scope's lock.
+    fn push_child(&mut self, child: &CancelNode) {
+        let slot = u32::try_from(self.children.len())
+            .ok()
+            .filter(|&slot| slot != NOT_LINKED)
+            .expect("cancelctx: more than 4 billion live children of one context");
+        child.slot.store(slot, Ordering::Relaxed);
+        self.children.push(child.ptr());
+    }
+}
+
+/// The state of a child born under a done scope: the scope's error, and its cause through
+/// INHERITED; FINISHED as it has no subtree (its own children will be born done too).
+fn born_done(scope_state: u32) -> u32 {
+    (scope_state & state::STATUS) | INHERITED | FINISHED
 }
 
 /// What a deadline node knows about its deadline.
@@ -233,7 +251,12 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
     // SAFETY: the node is alive until the `Box::from_raw` below; only shared references are
     // formed until the scope no longer lists it.
     let node = unsafe { ptr.get() };
-    if let Some(scope) = node.parent.scope() {
+    // A node that was never linked (a leaf that stayed detached) or was drained by its
+    // scope's walk is in no list: no lock to take. `NOT_LINKED` is final once read here: only
+    // a handle holder links a node (and this was the last handle; the count's acquire makes
+    // its write visible), and only the scope's walk, under the lock, unlinks one.
+    let linked = node.slot.load(Ordering::Relaxed) != NOT_LINKED;
+    if let Some(scope) = node.parent.scope().filter(|_| linked) {
         let mut guard = scope.inner.lock();
         let slot = node.slot.load(Ordering::Relaxed);
         if slot != NOT_LINKED {
@@ -295,19 +318,124 @@ impl CancelNode {
         NodePtr(NonNull::from(self))
     }
 
-    /// The error, with one atomic load.
+    /// The error: one atomic load, two for a detached node (its own word and its scope's).
     #[inline]
     pub(crate) fn err(&self) -> Option<Error> {
         // memory ordering: Acquire pairs with the Release of the completing compare-exchange,
         // so whoever sees the error also sees what the canceller did before cancelling (and
         // the stored cause).
-        state::error_of(self.state.load(Ordering::Acquire))
+        let s = self.state.load(Ordering::Acquire);
+        if s & DETACHED == 0 {
+            return state::error_of(s);
+        }
+        self.err_detached()
+    }
+
+    /// Whether the node is done, without settling a detached node (see [`Self::settled`]):
+    /// done-ness cannot change back, only the error must be fixed once reported.
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        let s = self.state.load(Ordering::Acquire);
+        state::is_done(s) || (s & DETACHED != 0 && self.scope_is_done())
+    }
+
+    /// The scope of a detached node: its word is authoritative (a node with a detached child
+    /// is linked or has no scope, see [`Self::adopt`]).
+    #[inline]
+    fn scope_is_done(&self) -> bool {
+        let scope = self.parent.scope().expect("a detached node has a scope");
+        // memory ordering: Acquire, as in `err`.
+        state::is_done(scope.state.load(Ordering::Acquire))
+    }
+
+    fn err_detached(&self) -> Option<Error> {
+        if !self.scope_is_done() {
+            return None;
+        }
+        state::error_of(self.settled())
+    }
+
+    /// The state, after copying the scope's completion into a live detached node whose scope
+    /// is done. The copy is a compare-exchange: it and the node's own completion are ordered
+    /// on this word, so whichever comes first is the error every reader reports from then on
+    /// (first completion wins, and `err()` never changes once `Some`).
+    fn settled(&self) -> u32 {
+        // memory ordering: Acquire, as in `err`.
+        let mut s = self.state.load(Ordering::Acquire);
+        while s & DETACHED != 0 {
+            let Some(scope) = self.parent.scope() else { break };
+            let scope_state = scope.state.load(Ordering::Acquire);
+            if !state::is_done(scope_state) {
+                break;
+            }
+            // A detached node has no children, waiters, callbacks or timer (registering any
+            // of them links it first): nothing to walk, so FINISHED at once.
+            let settled = (s & !DETACHED) | (scope_state & state::STATUS) | INHERITED | FINISHED;
+            // memory ordering: AcqRel: Release passes on what this thread acquired from the
+            // scope (its cause) to readers of this word; Acquire as in `err` on failure.
+            match self.state.compare_exchange(s, settled, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return settled,
+                // Completed by its own guard, or linked meanwhile: look again.
+                Err(actual) => s = actual,
+            }
+        }
+        s
+    }
+
+    /// Links a detached node into its scope's `children` before anything is registered on
+    /// it (a child, a waiter, a callback, a timer), so that the scope's completion reaches
+    /// it. If the scope is done instead, the node settles as completed by it.
+    #[inline]
+    pub(crate) fn ensure_linked(&self) {
+        // memory ordering: Relaxed: DETACHED is only cleared under the scope's lock, which
+        // `link` takes and which orders everything after it.
+        if self.state.load(Ordering::Relaxed) & DETACHED != 0 {
+            self.link();
+        }
+    }
+
+    #[cold]
+    fn link(&self) {
+        let scope = self.parent.scope().expect("a detached node has a scope");
+        let Ok(mut guard) = scope.lock_links() else {
+            self.settled();
+            return;
+        };
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if s & DETACHED == 0 {
+                // Done (it needs no link) or linked by another handle holder meanwhile.
+                return;
+            }
+            // memory ordering: AcqRel/Acquire keeps this in the total order of the word with
+            // the node's own completion; the scope's lock orders the list.
+            match self.state.compare_exchange_weak(
+                s,
+                s & !DETACHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => s = actual,
+            }
+        }
+        guard.get_or_insert_with(Box::default).push_child(self);
+    }
+
+    /// Sets WAITERS (after a listener was inserted) on a linked node, linking it first.
+    /// Returns the previous state: if it is done, the completer will not notify.
+    pub(crate) fn add_waiters_flag(&self) -> u32 {
+        self.ensure_linked();
+        // memory ordering: AcqRel: Release makes the listener's insertion visible to the
+        // completer that acquires this value; Acquire makes a done state's data visible.
+        self.state.fetch_or(WAITERS, Ordering::AcqRel)
     }
 
     /// Locks the node for registering a child, callback or timer. Returns `None` if the node
     /// is done (nothing may be registered then); otherwise LINKS is set, so the completer will
     /// take this lock and see what is registered.
     fn lock_links(&self) -> Result<MutexGuard<'_, Option<Box<Inner>>>, u32> {
+        self.ensure_linked();
         let guard = self.inner.lock();
         let mut s = self.state.load(Ordering::Acquire);
         loop {
@@ -332,25 +460,32 @@ impl CancelNode {
     }
 
     /// Links a new child into this scope, or marks it done at birth if this scope is done.
+    /// Deadline nodes are linked at birth, so that the scope's cancel releases their timers
+    /// at once (as Go stops a child's timer).
     ///
     /// `child` is not shared with any other thread yet.
     pub(crate) fn attach(&self, child: &NodeRef) {
         match self.lock_links() {
-            Ok(mut guard) => {
-                let inner = guard.get_or_insert_with(Box::default);
-                let slot = u32::try_from(inner.children.len())
-                    .ok()
-                    .filter(|&slot| slot != NOT_LINKED)
-                    .expect("cancelctx: more than 4 billion live children of one context");
-                child.slot.store(slot, Ordering::Relaxed);
-                inner.children.push(child.ptr());
-            }
-            Err(s) => {
-                // Born done: the parent's error, and its cause through INHERITED; FINISHED as
-                // it has no subtree (its own children will be born done too).
-                child.state.store((s & state::STATUS) | INHERITED | FINISHED, Ordering::Release);
-            }
+            Ok(mut guard) => guard.get_or_insert_with(Box::default).push_child(child),
+            Err(s) => child.state.store(born_done(s), Ordering::Relaxed),
         }
+    }
+
+    /// Makes this scope the scope of a new `with_cancel` child without linking it: the child
+    /// starts DETACHED and is linked only when something is registered on it (attach on
+    /// demand), so a leaf that is created, maybe cancelled, and dropped never takes this
+    /// scope's lock. The invariant that makes a detached child's reads correct: its scope is
+    /// linked (or has no scope), so the scope's own word is authoritative.
+    ///
+    /// `child` is not shared with any other thread yet.
+    #[inline]
+    pub(crate) fn adopt(&self, child: &NodeRef) {
+        self.ensure_linked();
+        // memory ordering: Acquire, as in `err`. Relaxed for the child's word: the child is
+        // published to other threads only through synchronization of the caller's own.
+        let s = self.state.load(Ordering::Acquire);
+        let born = if state::is_done(s) { born_done(s) } else { state::LIVE | DETACHED };
+        child.state.store(born, Ordering::Relaxed);
     }
 
     /// Registers a callback, which takes `me` (a reference keeping this node alive while the
@@ -407,7 +542,7 @@ impl CancelNode {
     pub(crate) fn cause(&self) -> Option<Cause> {
         let mut node = self;
         loop {
-            let s = node.state.load(Ordering::Acquire);
+            let s = node.settled();
             let err = state::error_of(s)?;
             if s & INHERITED != 0 {
                 // The scope completed this node after completing itself, so it is done too.
@@ -436,7 +571,7 @@ impl CancelNode {
             // before; Acquire makes the registrations behind WAITERS/LINKS visible.
             match self.state.compare_exchange_weak(
                 s,
-                s | bits | finished,
+                (s & !DETACHED) | bits | finished,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -454,6 +589,11 @@ impl CancelNode {
     /// mutex the first holds for the same reason).
     pub(crate) fn complete(&self, err: Error, cause: Option<Cause>) -> bool {
         let status = state::status_of(err);
+        // A detached node whose scope is already done takes the scope's completion first
+        // (a child of a done parent is done: this cancel comes second and loses).
+        if self.state.load(Ordering::Relaxed) & DETACHED != 0 {
+            self.settled();
+        }
         let old = match cause {
             None => self.transition(status),
             Some(cause) => {

@@ -9,10 +9,14 @@
 //!  bit  6    FINISHED   every descendant is done too: set with STATUS on a node without
 //!                       LINKS, on the walk's first node when the walk is over, and on
 //!                       the INHERITED path a losing cancel walked up (path compression)
+//!  bit  7    DETACHED   live and not in its scope's `children` (only while live): the
+//!                       scope's completion does not reach this word, so readers also read
+//!                       the scope's word, and the first one to see it done copies it here
 //! ```
 //!
-//! Transitions: `live -> live | WAITERS`, `live -> live | LINKS` and exactly one
-//! `live -> done` (a compare-exchange that keeps the flag bits). Done is terminal.
+//! Transitions: `live -> live | WAITERS`, `live -> live | LINKS`, `live | DETACHED -> live`
+//! (linking, under the scope's lock) and exactly one `live -> done` (a compare-exchange that
+//! keeps the flag bits but DETACHED). Done is terminal.
 //!
 //! Because every transition is a read-modify-write on the same word, they are totally
 //! ordered: a waiter's `fetch_or(WAITERS)` either precedes the completing compare-exchange
@@ -31,6 +35,7 @@ pub(crate) const INHERITED: u32 = 1 << 3;
 pub(crate) const WAITERS: u32 = 1 << 4;
 pub(crate) const LINKS: u32 = 1 << 5;
 pub(crate) const FINISHED: u32 = 1 << 6;
+pub(crate) const DETACHED: u32 = 1 << 7;
 
 /// The status bits for an error.
 #[inline]

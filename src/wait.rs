@@ -12,8 +12,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::node::CancelNode;
 use crate::relay::Waiter as RelayWaiter;
-use crate::state::{self, WAITERS};
-use crate::sync::Ordering;
+use crate::state;
 
 /// Registers `waiter` on `node` (once) and reports the error when the node is done.
 ///
@@ -30,7 +29,7 @@ fn poll_node(node: &CancelNode, waiter: &mut RelayWaiter, cx: &mut TaskContext<'
             waiter.listen(&node.event);
             // memory ordering: AcqRel; see above. Release makes the listener's insertion
             // visible to the completer that acquires this value.
-            let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+            let old = node.add_waiters_flag();
             if let Some(err) = state::error_of(old) {
                 return Poll::Ready(err);
             }
@@ -432,7 +431,7 @@ mod blocking {
                 }
                 let listener = node.event.listen();
                 // memory ordering: as in `poll_node`.
-                let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+                let old = node.add_waiters_flag();
                 if let Some(err) = state::error_of(old) {
                     return Some(err);
                 }
