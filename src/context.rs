@@ -924,7 +924,12 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            node.complete(Error::Canceled, self.drop_cause.take());
+            match self.drop_cause.take() {
+                None => node.complete_and_release(Error::Canceled),
+                cause => {
+                    node.complete(Error::Canceled, cause);
+                }
+            }
         }
     }
 }

@@ -48,7 +48,7 @@ use event_listener::Event;
 use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
-use crate::state::{self, CAUSE, DETACHED, FINISHED, INHERITED, LINKS, WAITERS};
+use crate::state::{self, CAUSE, DETACHED, FINISHED, INHERITED, LINKS, REF, WAITERS};
 use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
@@ -57,14 +57,13 @@ use crate::timer::TimerWaker;
 pub(crate) const NOT_LINKED: u32 = u32::MAX;
 
 /// Counts past this abort, like `Arc` does: they can only come from leaked handles.
-const MAX_REFS: usize = usize::MAX / 2;
+const MAX_REFS: usize = state::count(usize::MAX) / 2;
 
 pub(crate) struct CancelNode {
-    /// Handles: `Context`s, the `CancelGuard`, one per pending `after_func` registration, and
-    /// references a completion walk holds while it works.
-    refs: AtomicUsize,
-    /// The state word; see `state.rs`.
-    pub(crate) state: AtomicU32,
+    /// The state word (see `state.rs`), which also counts the handles: `Context`s, the
+    /// `CancelGuard`, one per pending `after_func` registration, and references a completion
+    /// walk holds while it works.
+    pub(crate) state: AtomicUsize,
     /// Index in the scope's `children`, or `NOT_LINKED`. Guarded by the *scope's* lock; an
     /// atomic only so that no `unsafe` is needed to share it (all accesses are `Relaxed`).
     slot: AtomicU32,
@@ -101,7 +100,7 @@ impl Inner {
 
 /// The state of a child born under a done scope: the scope's error, and its cause through
 /// INHERITED; FINISHED as it has no subtree (its own children will be born done too).
-fn born_done(scope_state: u32) -> u32 {
+fn born_done(scope_state: usize) -> usize {
     (scope_state & state::STATUS) | INHERITED | FINISHED
 }
 
@@ -148,7 +147,7 @@ impl NodeRef {
     /// Allocates `node` and returns two references to it (a context and its guard), without
     /// a read-modify-write for the second.
     pub(crate) fn new_pair(node: CancelNode) -> (NodeRef, NodeRef) {
-        node.refs.store(2, Ordering::Relaxed);
+        node.state.store(2 * REF, Ordering::Relaxed);
         let ptr = NonNull::from(Box::leak(Box::new(node)));
         (NodeRef(ptr), NodeRef(ptr))
     }
@@ -166,20 +165,61 @@ impl NodeRef {
     pub(crate) unsafe fn upgrade(ptr: NodePtr) -> Option<NodeRef> {
         // SAFETY: guaranteed by the caller.
         let node = unsafe { ptr.get() };
-        let mut n = node.refs.load(Ordering::Relaxed);
+        let mut n = node.state.load(Ordering::Relaxed);
         loop {
-            if n == 0 {
+            if state::count(n) == 0 {
                 return None;
             }
-            if n > MAX_REFS {
+            if state::count(n) > MAX_REFS {
                 abort_on_overflow();
             }
             // memory ordering: Relaxed like `Arc::clone`; the caller's lock already orders
             // this with the release path, which re-checks nothing after reaching zero.
-            match node.refs.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match node.state.compare_exchange_weak(n, n + REF, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Some(NodeRef(ptr.0)),
                 Err(actual) => n = actual,
             }
+        }
+    }
+}
+
+impl NodeRef {
+    /// Completes the node with `err` (no explicit cause) and drops this reference: what a
+    /// guard's drop does. For a leaf with nothing registered (the common case: a scope that
+    /// ends without anyone waiting on it) both are one compare-exchange on the state word.
+    pub(crate) fn complete_and_release(self, err: Error) {
+        let bits = state::status_of(err) | FINISHED;
+        // memory ordering: Relaxed: the compare-exchange below re-reads the word.
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            if s & (state::STATUS | WAITERS | LINKS) != 0
+                || (s & DETACHED != 0 && self.scope_is_done())
+            {
+                // Done already, something to wake or walk, or a scope that completed first:
+                // the general path.
+                self.complete(err, None);
+                return drop(self);
+            }
+            // memory ordering: Release, as both a completion (publishes the canceller's
+            // writes) and a reference release (every use of the node happens before the
+            // free); the Acquire load below is the freeing thread's half, as in `drop`.
+            match self.state.compare_exchange_weak(
+                s,
+                ((s & !DETACHED) | bits) - REF,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => s = actual,
+            }
+        }
+        let this = ManuallyDrop::new(self);
+        if state::count(s) == 1 {
+            this.state.load(Ordering::Acquire);
+            // SAFETY: the count reached zero, so this was the last reference.
+            let parent = unsafe { free_node(this.ptr()) };
+            release_chain(parent);
         }
     }
 }
@@ -197,8 +237,8 @@ impl Clone for NodeRef {
     fn clone(&self) -> NodeRef {
         // memory ordering: Relaxed, as in `Arc::clone`: a new reference can only be made from
         // an existing one, which already keeps the node alive.
-        let old = self.refs.fetch_add(1, Ordering::Relaxed);
-        if old > MAX_REFS {
+        let old = self.state.fetch_add(REF, Ordering::Relaxed);
+        if state::count(old) > MAX_REFS {
             abort_on_overflow();
         }
         NodeRef(self.0)
@@ -211,10 +251,10 @@ impl Drop for NodeRef {
         // before the free; the Acquire load below (of the last value of that release
         // sequence) makes the freeing thread see them all. `Arc` uses a fence; a load is
         // equivalent here and ThreadSanitizer understands it.
-        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+        if state::count(self.state.fetch_sub(REF, Ordering::Release)) != 1 {
             return;
         }
-        self.refs.load(Ordering::Acquire);
+        self.state.load(Ordering::Acquire);
         // SAFETY: the count reached zero, so this was the last reference.
         let parent = unsafe { free_node(self.ptr()) };
         release_chain(parent);
@@ -232,10 +272,10 @@ impl PartialEq for NodeRef {
 pub(crate) fn release_step(node: NodeRef) -> Option<Context> {
     let node = ManuallyDrop::new(node);
     // memory ordering: as in `NodeRef::drop`.
-    if node.refs.fetch_sub(1, Ordering::Release) != 1 {
+    if state::count(node.state.fetch_sub(REF, Ordering::Release)) != 1 {
         return None;
     }
-    node.refs.load(Ordering::Acquire);
+    node.state.load(Ordering::Acquire);
     // SAFETY: the count reached zero, so this was the last reference.
     Some(unsafe { free_node(node.ptr()) })
 }
@@ -304,8 +344,7 @@ fn abort_on_overflow() -> ! {
 impl CancelNode {
     pub(crate) fn new(parent: Context, meta: Option<Box<Meta>>) -> CancelNode {
         CancelNode {
-            refs: AtomicUsize::new(0),
-            state: AtomicU32::new(state::LIVE),
+            state: AtomicUsize::new(state::LIVE),
             slot: AtomicU32::new(NOT_LINKED),
             inner: Mutex::new(None),
             event: Event::new(),
@@ -359,7 +398,7 @@ impl CancelNode {
     /// is done. The copy is a compare-exchange: it and the node's own completion are ordered
     /// on this word, so whichever comes first is the error every reader reports from then on
     /// (first completion wins, and `err()` never changes once `Some`).
-    fn settled(&self) -> u32 {
+    fn settled(&self) -> usize {
         // memory ordering: Acquire, as in `err`.
         let mut s = self.state.load(Ordering::Acquire);
         while s & DETACHED != 0 {
@@ -424,7 +463,7 @@ impl CancelNode {
 
     /// Sets WAITERS (after a listener was inserted) on a linked node, linking it first.
     /// Returns the previous state: if it is done, the completer will not notify.
-    pub(crate) fn add_waiters_flag(&self) -> u32 {
+    pub(crate) fn add_waiters_flag(&self) -> usize {
         self.ensure_linked();
         // memory ordering: AcqRel: Release makes the listener's insertion visible to the
         // completer that acquires this value; Acquire makes a done state's data visible.
@@ -434,7 +473,7 @@ impl CancelNode {
     /// Locks the node for registering a child, callback or timer. Returns `None` if the node
     /// is done (nothing may be registered then); otherwise LINKS is set, so the completer will
     /// take this lock and see what is registered.
-    fn lock_links(&self) -> Result<MutexGuard<'_, Option<Box<Inner>>>, u32> {
+    fn lock_links(&self) -> Result<MutexGuard<'_, Option<Box<Inner>>>, usize> {
         self.ensure_linked();
         let guard = self.inner.lock();
         let mut s = self.state.load(Ordering::Acquire);
@@ -467,7 +506,7 @@ impl CancelNode {
     pub(crate) fn attach(&self, child: &NodeRef) {
         match self.lock_links() {
             Ok(mut guard) => guard.get_or_insert_with(Box::default).push_child(child),
-            Err(s) => child.state.store(born_done(s), Ordering::Relaxed),
+            Err(s) => child.set_birth_flags(born_done(s)),
         }
     }
 
@@ -484,8 +523,13 @@ impl CancelNode {
         // memory ordering: Acquire, as in `err`. Relaxed for the child's word: the child is
         // published to other threads only through synchronization of the caller's own.
         let s = self.state.load(Ordering::Acquire);
-        let born = if state::is_done(s) { born_done(s) } else { state::LIVE | DETACHED };
-        child.state.store(born, Ordering::Relaxed);
+        child.set_birth_flags(if state::is_done(s) { born_done(s) } else { DETACHED });
+    }
+
+    /// Sets the flags of a node that no other thread can see yet (its count is kept).
+    fn set_birth_flags(&self, flags: usize) {
+        let count = self.state.load(Ordering::Relaxed) & !state::FLAGS;
+        self.state.store(count | flags, Ordering::Relaxed);
     }
 
     /// Registers a callback, which takes `me` (a reference keeping this node alive while the
@@ -560,7 +604,7 @@ impl CancelNode {
     /// FINISHED too if the node has no links (no subtree to walk). Returns the previous state
     /// if this call won.
     #[inline]
-    fn transition(&self, bits: u32) -> Option<u32> {
+    fn transition(&self, bits: usize) -> Option<usize> {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             if state::is_done(s) {
@@ -686,13 +730,13 @@ impl CancelNode {
 /// reliable: while the walk marks, every timer of the subtree is still on its clock, so a
 /// move to a due deadline fires it, and that losing completion waits for this walk.
 struct Walk {
-    status: u32,
+    status: usize,
     /// Nodes completed by this walk that still need a visit, with their previous state.
-    work: Vec<(NodeRef, u32)>,
+    work: Vec<(NodeRef, usize)>,
     /// Nodes visited, kept (with their previous state) until the waiters are woken, and their
     /// references until the end: releasing one may drop user values, which must not happen
     /// before FINISHED (user code that cancels in this subtree would wait for this walk).
-    visited: Vec<(NodeRef, u32)>,
+    visited: Vec<(NodeRef, usize)>,
     /// Children that another thread completed directly and may still be walking.
     foreign: Vec<NodeRef>,
     /// Callbacks this walk claimed, to run after FINISHED.
@@ -713,7 +757,7 @@ enum Effect<'a> {
 }
 
 impl Walk {
-    fn new(status: u32) -> Walk {
+    fn new(status: usize) -> Walk {
         Walk {
             status,
             work: Vec::new(),
@@ -726,7 +770,7 @@ impl Walk {
         }
     }
 
-    fn run(mut self, first: &CancelNode, old: u32) {
+    fn run(mut self, first: &CancelNode, old: usize) {
         self.visit(first, old);
         while let Some((node, old)) = self.work.pop() {
             self.visit(&node, old);
@@ -777,7 +821,7 @@ impl Walk {
         crate::panic::resume(panic);
     }
 
-    fn visit(&mut self, node: &CancelNode, old: u32) {
+    fn visit(&mut self, node: &CancelNode, old: usize) {
         if old & LINKS == 0 {
             return;
         }

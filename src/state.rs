@@ -1,4 +1,5 @@
-//! The state word: one `AtomicU32` per cancellable node.
+//! The state word: one `AtomicUsize` per cancellable node: eight flag bits and the node's
+//! reference count.
 //!
 //! ```text
 //!  bit  0-1  STATUS     0 = live, 1 = canceled, 2 = deadline exceeded     (set once)
@@ -12,7 +13,13 @@
 //!  bit  7    DETACHED   live and not in its scope's `children` (only while live): the
 //!                       scope's completion does not reach this word, so readers also read
 //!                       the scope's word, and the first one to see it done copies it here
+//!  bit  8-   COUNT      handles: contexts, the guard, pending callbacks, walk references
 //! ```
+//!
+//! The count shares the word so that a guard's drop, which cancels and releases, is one
+//! compare-exchange instead of two read-modify-writes. Every transition below keeps it; on
+//! 32-bit targets it has 24 bits (16 million handles of one node; more aborts, as `Arc`
+//! does on overflow).
 //!
 //! Transitions: `live -> live | WAITERS`, `live -> live | LINKS`, `live | DETACHED -> live`
 //! (linking, under the scope's lock) and exactly one `live -> done` (a compare-exchange that
@@ -26,20 +33,30 @@
 
 use crate::error::Error;
 
-pub(crate) const STATUS: u32 = 0b11;
-pub(crate) const LIVE: u32 = 0;
-pub(crate) const CANCELED: u32 = 1;
-pub(crate) const DEADLINE: u32 = 2;
-pub(crate) const CAUSE: u32 = 1 << 2;
-pub(crate) const INHERITED: u32 = 1 << 3;
-pub(crate) const WAITERS: u32 = 1 << 4;
-pub(crate) const LINKS: u32 = 1 << 5;
-pub(crate) const FINISHED: u32 = 1 << 6;
-pub(crate) const DETACHED: u32 = 1 << 7;
+pub(crate) const STATUS: usize = 0b11;
+pub(crate) const LIVE: usize = 0;
+pub(crate) const CANCELED: usize = 1;
+pub(crate) const DEADLINE: usize = 2;
+pub(crate) const CAUSE: usize = 1 << 2;
+pub(crate) const INHERITED: usize = 1 << 3;
+pub(crate) const WAITERS: usize = 1 << 4;
+pub(crate) const LINKS: usize = 1 << 5;
+pub(crate) const FINISHED: usize = 1 << 6;
+pub(crate) const DETACHED: usize = 1 << 7;
+/// One reference in the COUNT field.
+pub(crate) const REF: usize = 1 << 8;
+/// The flag bits (everything but COUNT).
+pub(crate) const FLAGS: usize = REF - 1;
+
+/// The number of references in a state.
+#[inline]
+pub(crate) const fn count(state: usize) -> usize {
+    state >> 8
+}
 
 /// The status bits for an error.
 #[inline]
-pub(crate) fn status_of(err: Error) -> u32 {
+pub(crate) fn status_of(err: Error) -> usize {
     match err {
         Error::Canceled => CANCELED,
         Error::DeadlineExceeded => DEADLINE,
@@ -48,7 +65,7 @@ pub(crate) fn status_of(err: Error) -> u32 {
 
 /// Decodes the status bits: `None` while live.
 #[inline]
-pub(crate) fn error_of(state: u32) -> Option<Error> {
+pub(crate) fn error_of(state: usize) -> Option<Error> {
     match state & STATUS {
         LIVE => None,
         CANCELED => Some(Error::Canceled),
@@ -57,6 +74,6 @@ pub(crate) fn error_of(state: u32) -> Option<Error> {
 }
 
 #[inline]
-pub(crate) fn is_done(state: u32) -> bool {
+pub(crate) fn is_done(state: usize) -> bool {
     state & STATUS != LIVE
 }
