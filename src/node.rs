@@ -80,16 +80,59 @@ pub(crate) struct CancelNode {
 
 #[derive(Default)]
 pub(crate) struct Inner {
-    children: Vec<NodePtr>,
+    children: Children,
     callbacks: Vec<Arc<Callback>>,
     cause: Option<Cause>,
     timer: Option<TimerKey>,
 }
 
+/// The linked children of a scope. The first is kept inline, so a node with one linked child
+/// (every node of a chain) allocates no vector; more go to a vector, which keeps its capacity.
+#[derive(Default)]
+enum Children {
+    #[default]
+    None,
+    One(NodePtr),
+    Many(Vec<NodePtr>),
+}
+
+impl Children {
+    fn as_slice(&self) -> &[NodePtr] {
+        match self {
+            Children::None => &[],
+            Children::One(child) => core::slice::from_ref(child),
+            Children::Many(children) => children,
+        }
+    }
+
+    fn push(&mut self, child: NodePtr) {
+        match self {
+            Children::None => *self = Children::One(child),
+            Children::One(first) => *self = Children::Many(alloc::vec![*first, child]),
+            Children::Many(children) => children.push(child),
+        }
+    }
+
+    /// Removes the child at `slot` by moving the last one there; returns the moved child.
+    fn swap_remove(&mut self, slot: usize) -> Option<NodePtr> {
+        match self {
+            Children::None => None,
+            Children::One(_) => {
+                *self = Children::None;
+                None
+            }
+            Children::Many(children) => {
+                children.swap_remove(slot);
+                children.get(slot).copied()
+            }
+        }
+    }
+}
+
 impl Inner {
     /// Appends a linked child, recording its index for O(1) removal. Under the scope's lock.
     fn push_child(&mut self, child: &CancelNode) {
-        let slot = u32::try_from(self.children.len())
+        let slot = u32::try_from(self.children.as_slice().len())
             .ok()
             .filter(|&slot| slot != NOT_LINKED)
             .expect("cancelctx: more than 4 billion live children of one context");
@@ -302,8 +345,7 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
         if slot != NOT_LINKED {
             if let Some(inner) = guard.as_mut() {
                 let slot = slot as usize;
-                inner.children.swap_remove(slot);
-                if let Some(moved) = inner.children.get(slot) {
+                if let Some(moved) = inner.children.swap_remove(slot) {
                     // SAFETY: listed in `children` and the scope's lock is held.
                     unsafe { moved.get() }.slot.store(slot as u32, Ordering::Relaxed);
                 }
@@ -827,7 +869,7 @@ impl Walk {
         }
         let taken = node.inner.lock().as_mut().map(|inner| {
             let children = core::mem::take(&mut inner.children);
-            for &child_ptr in &children {
+            for &child_ptr in children.as_slice() {
                 // SAFETY: listed in `children` and this node's lock is held.
                 let child = unsafe { child_ptr.get() };
                 child.slot.store(NOT_LINKED, Ordering::Relaxed);
