@@ -49,12 +49,43 @@ use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
 use crate::state::{self, CAUSE, DETACHED, FINISHED, INHERITED, LINKS, REF, WAITERS};
-use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
 
-/// `slot` of a node that is not in its scope's `children`.
-pub(crate) const NOT_LINKED: u32 = u32::MAX;
+/// `link` of a node that is in no `children` list and has no scope pointer to keep.
+const NOT_LINKED: usize = usize::MAX;
+
+/// What a node's `link` word holds (see the field).
+enum Link {
+    /// In its scope's `children`, at this index.
+    Slot(usize),
+    /// DETACHED: the scope stored at birth.
+    Scope(NodePtr),
+    /// In no list.
+    None,
+}
+
+impl Link {
+    #[inline]
+    fn decode(word: usize) -> Link {
+        match word {
+            NOT_LINKED => Link::None,
+            word if word & 1 == 1 => Link::Slot(word >> 1),
+            // An even word is a node pointer (nodes are at least 8-aligned), never null. The
+            // `as` casts expose the pointer's provenance when stored (`adopt`) and take it back
+            // here (`expose_provenance` / `with_exposed_provenance`, which MSRV 1.82 lacks).
+            word => match NonNull::new(word as *mut CancelNode) {
+                Some(ptr) => Link::Scope(NodePtr(ptr)),
+                None => Link::None,
+            },
+        }
+    }
+
+    fn slot(slot: usize) -> usize {
+        (slot << 1) | 1
+    }
+}
 
 /// Counts past this abort, like `Arc` does: they can only come from leaked handles.
 const MAX_REFS: usize = state::count(usize::MAX) / 2;
@@ -64,9 +95,13 @@ pub(crate) struct CancelNode {
     /// `CancelGuard`, one per pending `after_func` registration, and references a completion
     /// walk holds while it works.
     pub(crate) state: AtomicUsize,
-    /// Index in the scope's `children`, or `NOT_LINKED`. Guarded by the *scope's* lock; an
-    /// atomic only so that no `unsafe` is needed to share it (all accesses are `Relaxed`).
-    slot: AtomicU32,
+    /// Where the node is linked ([`Link`]): its index in the scope's `children` (odd:
+    /// `index << 1 | 1`), or, while DETACHED, the scope's address (even), so that reading a
+    /// detached node costs one extra load instead of a walk through the parent's handle, or
+    /// `NOT_LINKED`. Indices are written under the *scope's* lock. A reader of a detached node
+    /// may find an index instead of the address if the node was linked meanwhile; the
+    /// address stays valid either way (the parent keeps the scope alive).
+    link: AtomicUsize,
     /// Everything that is registered on the node, allocated on first use.
     inner: Mutex<Option<Box<Inner>>>,
     /// Waiters (`done()`, `wait()`), woken once on completion. Allocates on first listen.
@@ -78,9 +113,17 @@ pub(crate) struct CancelNode {
     pub(crate) meta: Option<Box<Meta>>,
 }
 
+/// What is registered on a node, allocated on first use. Kept at 32 bytes: the nodes of a
+/// chain, which only ever link one child, allocate no more than this.
 #[derive(Default)]
 pub(crate) struct Inner {
     children: Children,
+    /// Everything else, allocated on its own first use.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
     callbacks: Vec<Arc<Callback>>,
     cause: Option<Cause>,
     timer: Option<TimerKey>,
@@ -130,13 +173,19 @@ impl Children {
 }
 
 impl Inner {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn take_timer(&mut self) -> Option<TimerKey> {
+        self.extra.as_mut().and_then(|extra| extra.timer.take())
+    }
+
     /// Appends a linked child, recording its index for O(1) removal. Under the scope's lock.
     fn push_child(&mut self, child: &CancelNode) {
-        let slot = u32::try_from(self.children.as_slice().len())
-            .ok()
-            .filter(|&slot| slot != NOT_LINKED)
-            .expect("cancelctx: more than 4 billion live children of one context");
-        child.slot.store(slot, Ordering::Relaxed);
+        // memory ordering: Release, so that a reader that finds the index (Acquire, in
+        // `scope_is_done`) also finds DETACHED cleared, which happened before.
+        child.link.store(Link::slot(self.children.as_slice().len()), Ordering::Release);
         self.children.push(child.ptr());
     }
 }
@@ -338,17 +387,15 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
     // scope's walk is in no list: no lock to take. `NOT_LINKED` is final once read here: only
     // a handle holder links a node (and this was the last handle; the count's acquire makes
     // its write visible), and only the scope's walk, under the lock, unlinks one.
-    let linked = node.slot.load(Ordering::Relaxed) != NOT_LINKED;
+    let linked = matches!(Link::decode(node.link.load(Ordering::Relaxed)), Link::Slot(_));
     if let Some(scope) = node.parent.scope().filter(|_| linked) {
         let mut guard = scope.inner.lock();
-        let slot = node.slot.load(Ordering::Relaxed);
-        if slot != NOT_LINKED {
-            if let Some(inner) = guard.as_mut() {
-                let slot = slot as usize;
-                if let Some(moved) = inner.children.swap_remove(slot) {
-                    // SAFETY: listed in `children` and the scope's lock is held.
-                    unsafe { moved.get() }.slot.store(slot as u32, Ordering::Relaxed);
-                }
+        if let (Link::Slot(slot), Some(inner)) =
+            (Link::decode(node.link.load(Ordering::Relaxed)), guard.as_mut())
+        {
+            if let Some(moved) = inner.children.swap_remove(slot) {
+                // SAFETY: listed in `children` and the scope's lock is held.
+                unsafe { moved.get() }.link.store(Link::slot(slot), Ordering::Relaxed);
             }
         }
     }
@@ -357,7 +404,7 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
     // `Clock::cancel` cannot leave a half-freed node behind.
     let timer = node.meta.as_ref().and_then(|meta| {
         *meta.waker.node.lock() = None;
-        let key = node.inner.lock().as_mut().and_then(|inner| inner.timer.take())?;
+        let key = node.inner.lock().as_mut().and_then(|inner| inner.take_timer())?;
         Some((meta.clock.clone(), key))
     });
     // SAFETY: allocated by `Box` in `new_pair`, unreachable from the scope and from the
@@ -387,7 +434,7 @@ impl CancelNode {
     pub(crate) fn new(parent: Context, meta: Option<Box<Meta>>) -> CancelNode {
         CancelNode {
             state: AtomicUsize::new(state::LIVE),
-            slot: AtomicU32::new(NOT_LINKED),
+            link: AtomicUsize::new(NOT_LINKED),
             inner: Mutex::new(None),
             event: Event::new(),
             parent,
@@ -417,16 +464,28 @@ impl CancelNode {
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
         let s = self.state.load(Ordering::Acquire);
-        state::is_done(s) || (s & DETACHED != 0 && self.scope_is_done())
+        if s & (state::STATUS | DETACHED) != DETACHED {
+            return state::is_done(s);
+        }
+        self.scope_is_done()
     }
 
-    /// The scope of a detached node: its word is authoritative (a node with a detached child
-    /// is linked or has no scope, see [`Self::adopt`]).
+    /// Whether the scope of a detached node is done: its word is authoritative (a node with
+    /// a detached child is linked or has no scope, see [`Self::adopt`]).
     #[inline]
     fn scope_is_done(&self) -> bool {
-        let scope = self.parent.scope().expect("a detached node has a scope");
-        // memory ordering: Acquire, as in `err`.
-        state::is_done(scope.state.load(Ordering::Acquire))
+        // memory ordering: Acquire pairs with the Release that stores an index after linking.
+        match Link::decode(self.link.load(Ordering::Acquire)) {
+            Link::Scope(scope) => {
+                // SAFETY: the scope stored at birth; this node's `parent` keeps it alive.
+                let scope = unsafe { scope.get() };
+                // memory ordering: Acquire, as in `err`.
+                state::is_done(scope.state.load(Ordering::Acquire))
+            }
+            // Linked since the state was read (and DETACHED is clear, see the Acquire above):
+            // the node's own word is authoritative now.
+            Link::Slot(_) | Link::None => state::is_done(self.state.load(Ordering::Acquire)),
+        }
     }
 
     fn err_detached(&self) -> Option<Error> {
@@ -565,7 +624,12 @@ impl CancelNode {
         // memory ordering: Acquire, as in `err`. Relaxed for the child's word: the child is
         // published to other threads only through synchronization of the caller's own.
         let s = self.state.load(Ordering::Acquire);
-        child.set_birth_flags(if state::is_done(s) { born_done(s) } else { DETACHED });
+        if state::is_done(s) {
+            child.set_birth_flags(born_done(s));
+        } else {
+            child.link.store(self.ptr().0.as_ptr() as usize, Ordering::Relaxed);
+            child.set_birth_flags(DETACHED);
+        }
     }
 
     /// Sets the flags of a node that no other thread can see yet (its count is kept).
@@ -578,10 +642,10 @@ impl CancelNode {
     /// callback is pending). Returns `false` and registers nothing if the node is done.
     pub(crate) fn add_callback(&self, me: NodeRef, callback: &Arc<Callback>) -> bool {
         let Ok(mut guard) = self.lock_links() else { return false };
-        let inner = guard.get_or_insert_with(Box::default);
-        callback.slot.store(inner.callbacks.len() as u32, Ordering::Relaxed);
+        let extra = guard.get_or_insert_with(Box::default).extra();
+        callback.slot.store(extra.callbacks.len() as u32, Ordering::Relaxed);
         callback.hold(me);
-        inner.callbacks.push(callback.clone());
+        extra.callbacks.push(callback.clone());
         true
     }
 
@@ -593,11 +657,11 @@ impl CancelNode {
         if state::is_done(self.state.load(Ordering::Acquire)) {
             return;
         }
-        if let Some(inner) = guard.as_mut() {
+        if let Some(extra) = guard.as_mut().and_then(|inner| inner.extra.as_mut()) {
             let slot = callback.slot.load(Ordering::Relaxed) as usize;
-            if inner.callbacks.get(slot).is_some_and(|c| Arc::ptr_eq(c, callback)) {
-                let removed = inner.callbacks.swap_remove(slot);
-                if let Some(moved) = inner.callbacks.get(slot) {
+            if extra.callbacks.get(slot).is_some_and(|c| Arc::ptr_eq(c, callback)) {
+                let removed = extra.callbacks.swap_remove(slot);
+                if let Some(moved) = extra.callbacks.get(slot) {
                     moved.slot.store(slot as u32, Ordering::Relaxed);
                 }
                 drop(guard);
@@ -609,19 +673,20 @@ impl CancelNode {
     /// Stores a timer key, or returns it if the node is already done (the caller cancels it).
     pub(crate) fn set_timer(&self, key: TimerKey) -> Result<Option<TimerKey>, TimerKey> {
         match self.lock_links() {
-            Ok(mut guard) => Ok(guard.get_or_insert_with(Box::default).timer.replace(key)),
+            Ok(mut guard) => Ok(guard.get_or_insert_with(Box::default).extra().timer.replace(key)),
             Err(_) => Err(key),
         }
     }
 
     /// Takes the timer key out of the node: its wake-up has fired, so nobody must cancel it.
     pub(crate) fn take_timer(&self) -> Option<TimerKey> {
-        self.inner.lock().as_mut().and_then(|inner| inner.timer.take())
+        self.inner.lock().as_mut().and_then(|inner| inner.take_timer())
     }
 
     /// The explicit cause stored by the completer (valid once CAUSE is seen with Acquire).
     fn stored_cause(&self) -> Option<Cause> {
-        self.inner.lock().as_ref().and_then(|inner| inner.cause.clone())
+        let guard = self.inner.lock();
+        guard.as_ref().and_then(|inner| inner.extra.as_ref()).and_then(|extra| extra.cause.clone())
     }
 
     /// The cause: explicit, inherited from the scope that completed this node, or the error.
@@ -689,11 +754,14 @@ impl CancelNode {
                 if state::is_done(self.state.load(Ordering::Relaxed)) {
                     None
                 } else {
-                    guard.get_or_insert_with(Box::default).cause = Some(cause);
+                    guard.get_or_insert_with(Box::default).extra().cause = Some(cause);
                     let old = self.transition(status | CAUSE);
                     if old.is_none() {
                         // Lost to a lock-free completer: the cause was never published.
-                        let unpublished = guard.as_mut().and_then(|inner| inner.cause.take());
+                        let unpublished = guard
+                            .as_mut()
+                            .and_then(|inner| inner.extra.as_mut())
+                            .and_then(|extra| extra.cause.take());
                         drop(guard);
                         drop(unpublished);
                     }
@@ -872,7 +940,7 @@ impl Walk {
             for &child_ptr in children.as_slice() {
                 // SAFETY: listed in `children` and this node's lock is held.
                 let child = unsafe { child_ptr.get() };
-                child.slot.store(NOT_LINKED, Ordering::Relaxed);
+                child.link.store(NOT_LINKED, Ordering::Relaxed);
                 // Both `upgrade`s below are under this node's lock. `None` means the child is
                 // being released: no handle is left, so it has no waiters or callbacks (they
                 // hold references), nobody is walking it, and it releases its own timer.
@@ -898,13 +966,14 @@ impl Walk {
                 }
             }
             // Claim the callbacks under the lock: from here on `stop` returns false for them.
-            for callback in core::mem::take(&mut inner.callbacks) {
+            let callbacks = inner.extra.as_mut().map(|extra| core::mem::take(&mut extra.callbacks));
+            for callback in callbacks.into_iter().flatten() {
                 if let Some(held) = callback.claim_for_run() {
                     self.held.extend(held);
                     self.callbacks.push(callback);
                 }
             }
-            inner.timer.take()
+            inner.take_timer()
         });
         if let (Some(Some(key)), Some(meta)) = (taken, &node.meta) {
             let taken = (meta.clock.clone(), key);
@@ -925,5 +994,7 @@ mod tests {
         // Beyond the allocator's header, a `with_cancel` child costs exactly this much (plus
         // one pointer in its parent's `children`).
         assert!(core::mem::size_of::<CancelNode>() <= 64, "{}", core::mem::size_of::<CancelNode>());
+        // A chain's nodes each link one child: that costs this much more, once per node.
+        assert!(core::mem::size_of::<Inner>() <= 32, "{}", core::mem::size_of::<Inner>());
     }
 }
