@@ -284,6 +284,10 @@ impl NodeRef {
         let bits = state::status_of(err) | FINISHED;
         // memory ordering: Relaxed: the compare-exchange below re-reads the word.
         let mut s = self.state.load(Ordering::Relaxed);
+        if state::is_done(s) && s & FINISHED != 0 {
+            // Done, and its subtree too: cancelling is a no-op, only the release is left.
+            return drop(self);
+        }
         loop {
             if s & (state::STATUS | WAITERS | LINKS) != 0
                 || (s & DETACHED != 0 && self.scope_is_done())
