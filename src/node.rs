@@ -6,26 +6,35 @@
 //! [`NodeRef`], a
 //! reference-counted pointer written here rather than `Arc` for three reasons:
 //!
-//! - no weak count: the node stays at 64 bytes (see the size test at the bottom);
+//! - the count lives in the state word, so a guard's drop cancels and releases in one
+//!   compare-exchange, and the node stays at 64 bytes (see the size test at the bottom);
 //! - the release path unlinks the node from its parent *before* the memory is freed, while
 //!   the parent may still be reading the node under the parent's lock, and only ever through
 //!   shared references (an `Arc`'s `Drop` would hold `&mut` to the node meanwhile);
 //! - dropping the last handle of a long chain frees the chain in a loop, not by recursion.
 //!
-//! # How children are linked
+//! # How children are linked: on demand
 //!
-//! A child registers with its *scope*: the nearest cancellable ancestor (value nodes are
-//! skipped; never-done ancestors end the search, and a child of a never-done context links to
-//! nothing). The scope's `Inner::children` holds raw pointers, and each child remembers its
-//! index in `slot`. Both are only touched under the scope's lock, which gives the key
+//! A node's *scope* is its nearest cancellable ancestor (value nodes are skipped; never-done
+//! ancestors end the search). A `with_cancel` child starts DETACHED: it is in no list, its
+//! `link` word holds its scope's address, and its readers read the scope's word too
+//! ([`CancelNode::is_done`], [`CancelNode::err`]); the first to see the scope done settles
+//! the child (one compare-exchange copying the completion). This is sound because the scope
+//! of a detached node is always linked itself (or has no scope): [`CancelNode::adopt`] links
+//! the scope before giving it a child. A detached node is linked ([`CancelNode::ensure_linked`])
+//! before anything is registered on it: a child, a waiter, a callback or a timer. Deadline
+//! nodes are linked at birth.
+//!
+//! Linked children sit in the scope's `Inner::children` as raw pointers, and each remembers
+//! its index in `link`. Both are only touched under the scope's lock, which gives the key
 //! invariant:
 //!
 //! > A pointer in `children` is valid while the scope's lock is held.
 //!
 //! because a child whose count drops to zero must take that same lock to remove itself
 //! ([`free_node`]) before it is freed. Removal is a `swap_remove` that fixes the moved child's
-//! `slot`: O(1), so a parent that lives forever with many short-lived children keeps
-//! constant memory.
+//! index: O(1), so a parent that lives forever with many short-lived children keeps
+//! constant memory. A node in no list frees without the lock.
 //!
 //! # How completion spreads
 //!
