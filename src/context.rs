@@ -723,7 +723,7 @@ impl Context {
             }
         }
         let waker = alloc::sync::Arc::new(TimerWaker::default());
-        let meta = Box::new(Meta { deadline, clock, cause, waker: waker.clone() });
+        let meta = Box::new(Meta::new(deadline, clock, cause, waker.clone()));
         let (ctx, guard) = self.child(Some(meta));
         let Repr::Cancel(node) = &ctx.repr else { unreachable!("child() makes a cancel node") };
         crate::timer::arm(node, waker);

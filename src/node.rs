@@ -135,7 +135,6 @@ pub(crate) struct Inner {
 struct Extra {
     callbacks: Vec<Arc<Callback>>,
     cause: Option<Cause>,
-    timer: Option<TimerKey>,
 }
 
 /// The linked children of a scope. The first is kept inline, so a node with one linked child
@@ -186,10 +185,6 @@ impl Inner {
         self.extra.get_or_insert_with(Box::default)
     }
 
-    fn take_timer(&mut self) -> Option<TimerKey> {
-        self.extra.as_mut().and_then(|extra| extra.timer.take())
-    }
-
     /// Appends a linked child, recording its index for O(1) removal. Under the scope's lock.
     fn push_child(&mut self, child: &CancelNode) {
         // memory ordering: Release, so that a reader that finds the index (Acquire, in
@@ -211,6 +206,21 @@ pub(crate) struct Meta {
     pub(crate) clock: ClockRef,
     pub(crate) cause: Option<Cause>,
     pub(crate) waker: alloc::sync::Arc<TimerWaker>,
+    /// The pending timer's key. Stored while holding the node's lock with LINKS set (so the
+    /// completer finds it), here rather than in `Inner` so that a deadline node with nothing
+    /// else registered allocates no `Inner`.
+    pub(crate) timer: Mutex<Option<TimerKey>>,
+}
+
+impl Meta {
+    pub(crate) fn new(
+        deadline: Instant,
+        clock: ClockRef,
+        cause: Option<Cause>,
+        waker: alloc::sync::Arc<TimerWaker>,
+    ) -> Meta {
+        Meta { deadline, clock, cause, waker, timer: Mutex::new(None) }
+    }
 }
 
 /// A non-owning pointer to a node, valid only where an invariant says so (under the scope's
@@ -417,7 +427,7 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
     // `Clock::cancel` cannot leave a half-freed node behind.
     let timer = node.meta.as_ref().and_then(|meta| {
         *meta.waker.node.lock() = None;
-        let key = node.inner.lock().as_mut().and_then(|inner| inner.take_timer())?;
+        let key = meta.timer.lock().take()?;
         Some((meta.clock.clone(), key))
     });
     // SAFETY: allocated by `Box` in `new_pair`, unreachable from the scope and from the
@@ -685,15 +695,17 @@ impl CancelNode {
 
     /// Stores a timer key, or returns it if the node is already done (the caller cancels it).
     pub(crate) fn set_timer(&self, key: TimerKey) -> Result<Option<TimerKey>, TimerKey> {
+        let Some(meta) = &self.meta else { return Err(key) };
         match self.lock_links() {
-            Ok(mut guard) => Ok(guard.get_or_insert_with(Box::default).extra().timer.replace(key)),
+            // Under the node's lock (the completer takes it before the key), with LINKS set.
+            Ok(_guard) => Ok(meta.timer.lock().replace(key)),
             Err(_) => Err(key),
         }
     }
 
     /// Takes the timer key out of the node: its wake-up has fired, so nobody must cancel it.
     pub(crate) fn take_timer(&self) -> Option<TimerKey> {
-        self.inner.lock().as_mut().and_then(|inner| inner.take_timer())
+        self.meta.as_ref().and_then(|meta| meta.timer.lock().take())
     }
 
     /// The explicit cause stored by the completer (valid once CAUSE is seen with Acquire).
@@ -948,7 +960,8 @@ impl Walk {
         if old & LINKS == 0 {
             return;
         }
-        let taken = node.inner.lock().as_mut().map(|inner| {
+        let mut guard = node.inner.lock();
+        if let Some(inner) = guard.as_mut() {
             let children = core::mem::take(&mut inner.children);
             for &child_ptr in children.as_slice() {
                 // SAFETY: listed in `children` and this node's lock is held.
@@ -986,9 +999,11 @@ impl Walk {
                     self.callbacks.push(callback);
                 }
             }
-            inner.take_timer()
-        });
-        if let (Some(Some(key)), Some(meta)) = (taken, &node.meta) {
+        }
+        // The timer key is taken under the node's lock too (see `set_timer`).
+        let key = node.meta.as_ref().and_then(|meta| meta.timer.lock().take());
+        drop(guard);
+        if let (Some(key), Some(meta)) = (key, &node.meta) {
             let taken = (meta.clock.clone(), key);
             match self.timer {
                 None => self.timer = Some(taken),
