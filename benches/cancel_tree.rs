@@ -58,6 +58,50 @@ fn cancel_children(c: &mut Criterion) {
             )
         });
 
+        // The children above are detached (attach on demand): the cancel is one CAS on the
+        // parent, and each child settles when first read. These two rows put that deferred
+        // work back in: every child's `err()` read after the cancel, and children that are
+        // linked (each has a child of its own), which the cancel walks as before.
+        group.bench_function(BenchmarkId::new("cancelctx (then err() on every child)", n), |b| {
+            b.iter_batched(
+                build,
+                |tree| {
+                    tree.1.cancel();
+                    for (child, _) in &tree.2 {
+                        black_box(child.err());
+                    }
+                    tree
+                },
+                batch_size(n),
+            )
+        });
+        let build_linked = || {
+            let (parent, guard) = Context::background().with_cancel();
+            let children: Vec<_> = (0..n)
+                .map(|_| {
+                    let (child, child_guard) = parent.with_cancel();
+                    let grandchild = child.with_cancel();
+                    (child, child_guard, grandchild)
+                })
+                .collect();
+            (parent, guard, children)
+        };
+        let (_, guard, children) = build_linked();
+        guard.cancel();
+        assert!(children
+            .iter()
+            .all(|(child, _, (grandchild, _))| { child.is_done() && grandchild.is_done() }));
+        group.bench_function(BenchmarkId::new("cancelctx (linked children)", n), |b| {
+            b.iter_batched(
+                build_linked,
+                |tree| {
+                    tree.1.cancel();
+                    tree
+                },
+                batch_size(n),
+            )
+        });
+
         let build = || {
             let parent = CancellationToken::new();
             let children: Vec<CancellationToken> = (0..n).map(|_| parent.child_token()).collect();
@@ -76,6 +120,23 @@ fn cancel_children(c: &mut Criterion) {
                 batch_size(n),
             )
         });
+
+        group.bench_function(
+            BenchmarkId::new("tokio-util (then is_cancelled() on every child)", n),
+            |b| {
+                b.iter_batched(
+                    build,
+                    |tree| {
+                        tree.0.cancel();
+                        for child in &tree.1 {
+                            black_box(child.is_cancelled());
+                        }
+                        tree
+                    },
+                    batch_size(n),
+                )
+            },
+        );
 
         group.bench_function(BenchmarkId::new("floor: store to N Arc<AtomicBool>", n), |b| {
             b.iter_batched(
