@@ -327,6 +327,87 @@ def targets(data, probes, allocs):
     return "\n".join(out)
 
 
+def targets_round_two(data, probes, allocs):
+    """The targets of issue #8 (performance, round two): one row each, same rules."""
+    out = ["| target (#8) | figures | met? |", "|---|---|---|"]
+
+    def row(target, figures, ok):
+        verdict = "n/a (not measured)" if ok is None else ("**met**" if ok else "**MISSED**")
+        out.append(f"| {target} | {figures} | {verdict} |")
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    # 1. child create + drop: >= 3x faster than tokio-util and within 2.5x of the floor.
+    for group, label in [("child_create_drop", "one thread"),
+                         ("child_create_drop_2threads", "two threads")]:
+        c = get(data, group, "cancelctx")
+        f = get(data, group, "floor: Arc::new(AtomicBool)+drop")
+        t = get(data, group, "tokio-util")
+        rt, rf = ratio(t, c), ratio(c, f)
+        fig = "-"
+        if rt and rf:
+            fig = (f"tokio-util {fmt_time(t)} vs {fmt_time(c)}: {rt:.2f}x faster; "
+                   f"floor {fmt_time(f)}: {rf:.2f}x the floor")
+        row(f"1. child create + drop ({label}) >= 3x faster than tokio-util and within 2.5x "
+            "of `Arc::new(AtomicBool)`+drop", fig,
+            None if rt is None or rf is None else rt >= 3.0 and rf <= 2.5)
+
+    # 2. is_done isolated within 1.5x of an inline Acquire load.
+    c = get(data, "is_done_live", "cancelctx")
+    f = get(data, "is_done_live", "floor: AtomicBool Acquire load")
+    r = ratio(c, f)
+    row("2. `is_done()` (isolated call) within 1.5x of an inline Acquire `AtomicBool` load",
+        f"{fmt_time(c)} vs {fmt_time(f)}: {r:.2f}x" if r else "-", None if r is None else r <= 1.5)
+
+    # 3. blocking round trip: <= tokio-util's block_on(cancelled()) and <= 1.5x park/unpark.
+    for suffix, label in [("", "two CPUs"), (" (one CPU)", "one CPU")]:
+        c = get(data, "blocking_wake_round_trip", "cancelctx" + suffix)
+        t = get(data, "blocking_wake_round_trip", "tokio-util (block_on(cancelled()))" + suffix)
+        f = get(data, "blocking_wake_round_trip", "floor: park/unpark" + suffix)
+        rt, rf = ratio(c, t), ratio(c, f)
+        if c is None and suffix:
+            continue
+        row(f"3. blocking wake-up round trip ({label}) no slower than tokio-util and within "
+            "1.5x of park/unpark",
+            f"{fmt_time(c)}; tokio-util {fmt_time(t)} ({rt:.2f}x); park/unpark {fmt_time(f)} "
+            f"({rf:.2f}x)" if rt and rf else "-",
+            None if rt is None or rf is None else rt <= 1.0 and rf <= 1.5)
+
+    # 4. memory: first child <= 2 allocations and <= tokio-util's bytes; first done() 1 alloc.
+    a = allocs.get("cancelctx with_cancel (first child of a fresh cancellable parent)")
+    t = allocs.get("tokio-util child_token()")
+    if a and t:
+        row("4a. first child of a fresh parent: at most 2 allocations and no more bytes than "
+            "tokio-util's `child_token()`",
+            f"{a['one_allocs']} allocation(s), {sum(a['one_sizes'])} B ({a['one_sizes']}); "
+            f"tokio-util {t['one_allocs']}, {sum(t['one_sizes'])} B",
+            a["one_allocs"] <= 2 and sum(a["one_sizes"]) <= sum(t["one_sizes"]))
+    d = allocs.get("cancelctx done_owned() polled, pending (first waiter of the context)")
+    if d:
+        row("4b. the first `done()` on a context: one allocation",
+            f"{d['one_allocs']} allocation(s) ({d['one_sizes']} B)", d["one_allocs"] <= 1)
+
+    # 5. 1,000,000-deep chain at most 0.8x tokio-util's time.
+    c = get(data, "deep_chain_create_cancel_drop", "cancelctx", "1000000")
+    t = get(data, "deep_chain_create_cancel_drop", "tokio-util", "1000000")
+    r = ratio(c, t)
+    row("5. 1,000,000-deep chain create + cancel + drop on a 2 MiB stack: at most 0.8x "
+        "tokio-util's time",
+        f"{fmt_time(c)} vs {fmt_time(t)}: {r:.2f}x" if r else
+        f"cancelctx: {probes.get(('cancelctx', '1000000'), 'not run')}",
+        None if r is None else r <= 0.8)
+
+    # 6. with_timeout + cancel on the std clock vs Go: judged in the Go section (same run as
+    # Go's own benchmark); the ops figure is shown for reference.
+    c = get(data, "with_timeout_create_cancel", "cancelctx")
+    row("6. `with_timeout` + cancel on the std clock no slower per pair than Go's "
+        "`BenchmarkWithTimeout`",
+        f"ops bench {fmt_time(c)} per pair; the per-pair comparison with Go is in the Go "
+        "section below" if c else "-", None)
+    return "\n".join(out)
+
+
 def render(crit_dir):
     data = load(crit_dir)
     probes = load_probes(crit_dir)
@@ -342,7 +423,9 @@ def render(crit_dir):
         parts.append("")
     if alloc_md:
         parts += ["### Allocations (`cargo bench --bench alloc_counts`)\n", alloc_md, ""]
-    parts += ["## Targets\n", targets(data, probes, allocs), ""]
+    parts += ["## Targets of issue #8 (performance, round two)\n",
+              targets_round_two(data, probes, allocs), "",
+              "## Targets of the core milestone\n", targets(data, probes, allocs), ""]
     return "\n".join(parts)
 
 
