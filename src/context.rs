@@ -297,7 +297,9 @@ impl Context {
         }
     }
 
-    /// Whether the context is done. One atomic load; never blocks, never allocates.
+    /// Whether the context is done. One atomic load, or two on a `with_cancel` leaf that
+    /// nothing is registered on (its own state and its parent's); never blocks, never
+    /// allocates.
     ///
     /// ```
     /// let (ctx, guard) = cancelctx::Context::unclocked().with_cancel();
@@ -333,7 +335,9 @@ impl Context {
         self.scope().is_some()
     }
 
-    /// Why the context is done, or `None` while it is live. One atomic load.
+    /// Why the context is done, or `None` while it is live. One or two atomic loads (as
+    /// [`is_done`](Context::is_done)); the first call on a leaf whose parent is done also
+    /// records the parent's error in the leaf (one compare-exchange), so it never changes.
     ///
     /// Once this returns `Some`, it always returns the same value, and
     /// [`cause`](Context::cause) and [`is_done`](Context::is_done) agree with it.

@@ -80,7 +80,7 @@
 //! | `r.Context()` (net/http), grpc-go's deadline propagation | `ContextLayer` / `PropagateLayer` (feature `tower`; its module docs map the rest) |
 //!
 //! Where Rust does better than Go: a forgotten cancel cannot leak (the guard cancels on
-//! drop, and dropped contexts unlink themselves); `err()` is one atomic load; values are
+//! drop, and dropped contexts unlink themselves); `err()` is one or two atomic loads; values are
 //! typed; deadlines are testable with a manual clock; `after_func` runs inline on the
 //! completing thread instead of a new goroutine.
 //!
