@@ -296,6 +296,21 @@ impl NodeRef {
 }
 
 impl NodeRef {
+    /// Drops this reference unless it is the last one, which is handed back.
+    fn release_unless_last(self) -> Result<(), NodeRef> {
+        let this = ManuallyDrop::new(self);
+        let mut s = this.state.load(Ordering::Relaxed);
+        while state::count(s) > 1 {
+            // memory ordering: Release, as in `drop`; this is never the freeing thread.
+            match this.state.compare_exchange_weak(s, s - REF, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => s = actual,
+            }
+        }
+        Err(ManuallyDrop::into_inner(this))
+    }
+
     /// Completes the node with `err` (no explicit cause) and drops this reference: what a
     /// guard's drop does. For a leaf with nothing registered (the common case: a scope that
     /// ends without anyone waiting on it) both are one compare-exchange on the state word.
@@ -909,7 +924,14 @@ impl Walk {
         self.visit(first, old);
         while let Some((node, old)) = self.work.pop() {
             self.visit(&node, old);
-            self.visited.push((node, old));
+            // Keep the reference if the node has waiters to wake, or if it is the last one
+            // (its release would free the node and run user `Drop`s before FINISHED).
+            // Otherwise release it now: a deep chain then needs no million-entry list.
+            if old & WAITERS != 0 {
+                self.visited.push((node, old));
+            } else if let Err(node) = node.release_unless_last() {
+                self.visited.push((node, old));
+            }
         }
         for node in &self.foreign {
             node.wait_finished();
@@ -992,11 +1014,12 @@ impl Walk {
                 }
             }
             // Claim the callbacks under the lock: from here on `stop` returns false for them.
-            let callbacks = inner.extra.as_mut().map(|extra| core::mem::take(&mut extra.callbacks));
-            for callback in callbacks.into_iter().flatten() {
-                if let Some(held) = callback.claim_for_run() {
-                    self.held.extend(held);
-                    self.callbacks.push(callback);
+            if let Some(extra) = inner.extra.as_mut() {
+                for callback in core::mem::take(&mut extra.callbacks) {
+                    if let Some(held) = callback.claim_for_run() {
+                        self.held.extend(held);
+                        self.callbacks.push(callback);
+                    }
                 }
             }
         }
