@@ -122,62 +122,23 @@ pub(crate) struct CancelNode {
     pub(crate) meta: Option<Box<Meta>>,
 }
 
-/// What is registered on a node, allocated on first use. Kept at 32 bytes: the nodes of a
-/// chain, which only ever link one child, allocate no more than this.
+/// What is registered on a node, allocated on first use. Kept at 16 bytes (the allocator's
+/// smallest chunk): the nodes of a chain, which only ever link one child, allocate no more.
 #[derive(Default)]
 pub(crate) struct Inner {
-    children: Children,
+    /// The first linked child (index 0).
+    first: Option<NodePtr>,
     /// Everything else, allocated on its own first use.
     extra: Option<Box<Extra>>,
 }
 
 #[derive(Default)]
 struct Extra {
+    /// Linked children after the first (index `i` is `more[i - 1]`). Empty while `first` is
+    /// `None`: removal keeps the sequence dense.
+    more: Vec<NodePtr>,
     callbacks: Vec<Arc<Callback>>,
     cause: Option<Cause>,
-}
-
-/// The linked children of a scope. The first is kept inline, so a node with one linked child
-/// (every node of a chain) allocates no vector; more go to a vector, which keeps its capacity.
-#[derive(Default)]
-enum Children {
-    #[default]
-    None,
-    One(NodePtr),
-    Many(Vec<NodePtr>),
-}
-
-impl Children {
-    fn as_slice(&self) -> &[NodePtr] {
-        match self {
-            Children::None => &[],
-            Children::One(child) => core::slice::from_ref(child),
-            Children::Many(children) => children,
-        }
-    }
-
-    fn push(&mut self, child: NodePtr) {
-        match self {
-            Children::None => *self = Children::One(child),
-            Children::One(first) => *self = Children::Many(alloc::vec![*first, child]),
-            Children::Many(children) => children.push(child),
-        }
-    }
-
-    /// Removes the child at `slot` by moving the last one there; returns the moved child.
-    fn swap_remove(&mut self, slot: usize) -> Option<NodePtr> {
-        match self {
-            Children::None => None,
-            Children::One(_) => {
-                *self = Children::None;
-                None
-            }
-            Children::Many(children) => {
-                children.swap_remove(slot);
-                children.get(slot).copied()
-            }
-        }
-    }
 }
 
 impl Inner {
@@ -185,12 +146,54 @@ impl Inner {
         self.extra.get_or_insert_with(Box::default)
     }
 
+    fn more(&self) -> &[NodePtr] {
+        self.extra.as_ref().map_or(&[], |extra| &extra.more)
+    }
+
     /// Appends a linked child, recording its index for O(1) removal. Under the scope's lock.
     fn push_child(&mut self, child: &CancelNode) {
+        let index = match self.first {
+            None => {
+                self.first = Some(child.ptr());
+                0
+            }
+            Some(_) => {
+                let more = &mut self.extra().more;
+                more.push(child.ptr());
+                more.len()
+            }
+        };
         // memory ordering: Release, so that a reader that finds the index (Acquire, in
         // `scope_is_done`) also finds DETACHED cleared, which happened before.
-        child.link.store(Link::slot(self.children.as_slice().len()), Ordering::Release);
-        self.children.push(child.ptr());
+        child.link.store(Link::slot(index), Ordering::Release);
+    }
+
+    /// Removes the child at `index` by moving the last one there; returns the moved child
+    /// (whose index the caller updates).
+    fn swap_remove_child(&mut self, index: usize) -> Option<NodePtr> {
+        let last = match self.extra.as_mut().and_then(|extra| extra.more.pop()) {
+            Some(last) => last,
+            None => {
+                // Only `first` was left: it is the one removed.
+                self.first = None;
+                return None;
+            }
+        };
+        let last_index = self.more().len() + 1;
+        if index == last_index {
+            return None;
+        }
+        match index {
+            0 => self.first = Some(last),
+            i => self.extra().more[i - 1] = last,
+        }
+        Some(last)
+    }
+
+    /// Takes every linked child out (the completion walk).
+    fn take_children(&mut self) -> impl Iterator<Item = NodePtr> {
+        let more = self.extra.as_mut().map(|extra| core::mem::take(&mut extra.more));
+        self.first.take().into_iter().chain(more.into_iter().flatten())
     }
 }
 
@@ -431,7 +434,7 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
         if let (Link::Slot(slot), Some(inner)) =
             (Link::decode(node.link.load(Ordering::Relaxed)), guard.as_mut())
         {
-            if let Some(moved) = inner.children.swap_remove(slot) {
+            if let Some(moved) = inner.swap_remove_child(slot) {
                 // SAFETY: listed in `children` and the scope's lock is held.
                 unsafe { moved.get() }.link.store(Link::slot(slot), Ordering::Relaxed);
             }
@@ -984,8 +987,7 @@ impl Walk {
         }
         let mut guard = node.inner.lock();
         if let Some(inner) = guard.as_mut() {
-            let children = core::mem::take(&mut inner.children);
-            for &child_ptr in children.as_slice() {
+            for child_ptr in inner.take_children() {
                 // SAFETY: listed in `children` and this node's lock is held.
                 let child = unsafe { child_ptr.get() };
                 child.link.store(NOT_LINKED, Ordering::Relaxed);
@@ -1046,6 +1048,6 @@ mod tests {
         // one pointer in its parent's `children`).
         assert!(core::mem::size_of::<CancelNode>() <= 64, "{}", core::mem::size_of::<CancelNode>());
         // A chain's nodes each link one child: that costs this much more, once per node.
-        assert!(core::mem::size_of::<Inner>() <= 32, "{}", core::mem::size_of::<Inner>());
+        assert!(core::mem::size_of::<Inner>() <= 16, "{}", core::mem::size_of::<Inner>());
     }
 }

@@ -283,3 +283,33 @@ fn concurrent_links_of_one_leaf_link_it_once() {
         drop(children);
     }
 }
+
+#[test]
+fn linked_children_unlinked_in_any_order_leave_the_rest_reachable() {
+    // Each child has a child of its own, so each is linked into the parent's list (the first
+    // inline, the rest in a vector); dropping some in a scrambled order must keep every other
+    // one reachable by the parent's cancel.
+    for seed in 0..20u64 {
+        let (parent, parent_guard) = Context::unclocked().with_cancel();
+        let mut children: Vec<_> = (0..9)
+            .map(|_| {
+                let (child, guard) = parent.with_cancel();
+                let grandchild = child.with_cancel();
+                Some((child, guard, grandchild))
+            })
+            .collect();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for _ in 0..5 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let index = (x % children.len() as u64) as usize;
+            children[index] = None;
+        }
+        parent_guard.cancel();
+        for (child, _, (grandchild, _)) in children.iter().flatten() {
+            assert_eq!(child.err(), Some(Error::Canceled));
+            assert_eq!(grandchild.err(), Some(Error::Canceled));
+        }
+    }
+}
