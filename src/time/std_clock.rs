@@ -1,8 +1,13 @@
 //! [`StdClock`]: the clock of [`Context::background`](crate::Context::background).
 
-use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::boxed::Box;
+use std::cell::Cell;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
+use std::thread_local;
+use std::vec::Vec;
 
 use super::{Clock, Instant, TimerKey};
 
@@ -11,8 +16,13 @@ use super::{Clock, Instant, TimerKey};
 /// - No thread exists until the first deadline is scheduled; then a single thread named
 ///   `cancelctx-timer` serves every deadline of every tree on this clock. It does not keep
 ///   the process alive (Rust never waits for spawned threads at exit).
-/// - Timers are kept in a `BTreeMap` ordered by deadline: cancelling one removes it, so the
-///   thread holds memory only for live deadlines.
+/// - Timers live in shards (about two per CPU), each behind its own lock; a thread schedules
+///   into its own shard, so threads that create and cancel timeouts at the same time do not
+///   contend. Scheduling and cancelling are O(1) in the common case (a slot in a slab and a
+///   min-heap entry that a cancel leaves behind, dropped later); memory is bounded by about
+///   twice the peak of pending timers of a shard and given back when the shard has none.
+/// - The timer thread sleeps until the earliest deadline of all shards. A new timer wakes it
+///   (a futex syscall) only if it is due earlier than that sleep.
 /// - Deadlines fire within about a millisecond (the OS's condition-variable latency).
 /// - `after_func` callbacks of contexts completed by a deadline run on that thread: a slow
 ///   callback delays later timers, so hand heavy work to another thread. A panicking waker or
@@ -30,19 +40,185 @@ use super::{Clock, Instant, TimerKey};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdClock;
 
+// A `TimerKey`'s id: | seq (32 bits) | slot (26 bits) | shard (6 bits) |. `seq` tells a slot's
+// successive timers apart; `cancel` also compares the key's deadline with the slot's, so a
+// stale key (a timer that fired while its context was being cancelled) can only release a
+// newer timer if that one reused its slot, got the same 32-bit sequence number 2^32
+// schedules later on that shard, and has the same deadline to the nanosecond.
+const SHARD_BITS: u32 = 6;
+const MAX_SHARDS: usize = 1 << SHARD_BITS;
+const SLOT_BITS: u32 = 26;
+const MAX_SLOTS: usize = 1 << SLOT_BITS;
+const SEQ_SHIFT: u32 = SHARD_BITS + SLOT_BITS;
+
+/// Slots and heap entries a shard keeps allocated while it has no timers (it allocates them
+/// on first use and shrinks back to them when it empties after a burst).
+const KEEP: usize = 32;
+/// Cancelled entries a heap may hold beyond its live ones before it is compacted.
+const SLACK: usize = 32;
+
 struct Shared {
-    timers: Mutex<Timers>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    /// When the timer thread wakes up by itself, in nanoseconds on this clock; `u64::MAX`
+    /// while it waits for a first timer or is not running. A schedule earlier than this
+    /// wakes it ([`kick`]).
+    sleeping_until: AtomicU64,
+    control: Mutex<Control>,
     changed: Condvar,
 }
 
+/// Keeps each shard's lock on its own cache line(s), so shards used by different threads
+/// do not share one.
+#[repr(align(128))]
+struct Padded<T>(T);
+
 #[derive(Default)]
-struct Timers {
-    next_id: u64,
-    map: BTreeMap<TimerKey, Waker>,
+struct Control {
     thread_started: bool,
-    /// When the timer thread will wake up by itself: `None` while it waits for a first
-    /// timer. A new timer wakes it (a futex syscall) only if it is due earlier than that.
-    sleeping_until: Option<Instant>,
+    /// Set by [`kick`]; the timer thread scans the shards again before it sleeps.
+    kicked: bool,
+}
+
+/// The timers of one shard: a slab of slots (free ones chained from `free`) and a min-heap
+/// of `(deadline, slot, seq)`. Cancelling frees the slot and leaves its heap entry behind:
+/// an entry whose slot no longer holds its `seq` is stale, skipped when it reaches the top
+/// and removed in bulk when stale entries outnumber live ones (amortized O(1) per cancel).
+#[derive(Default)]
+struct Shard {
+    slots: Vec<Slot>,
+    free: Option<u32>,
+    live: usize,
+    heap: BinaryHeap<Entry>,
+    /// The next sequence number (never 0: 0 marks a free slot).
+    seq: u32,
+}
+
+struct Slot {
+    /// 0 while free.
+    seq: u32,
+    /// The next free slot, while free.
+    next_free: Option<u32>,
+    deadline: Instant,
+    waker: Option<Waker>,
+}
+
+/// A heap entry, ordered so that `BinaryHeap` (a max-heap) pops the earliest deadline first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    deadline: Instant,
+    slot: u32,
+    seq: u32,
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        (other.deadline, other.slot, other.seq).cmp(&(self.deadline, self.slot, self.seq))
+    }
+}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Shard {
+    fn insert(&mut self, shard: usize, deadline: Instant, waker: Waker) -> TimerKey {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.seq;
+        let slot = match self.free {
+            Some(slot) => {
+                let entry = &mut self.slots[slot as usize];
+                self.free = entry.next_free;
+                *entry = Slot { seq, next_free: None, deadline, waker: Some(waker) };
+                slot
+            }
+            None => {
+                let slot = self.slots.len();
+                // 2^26 pending timers in one shard are more than 15 GB of timeout nodes.
+                assert!(slot < MAX_SLOTS, "more than 2^26 pending timers on one StdClock shard");
+                if self.slots.capacity() == 0 {
+                    self.slots.reserve_exact(KEEP);
+                }
+                self.slots.push(Slot { seq, next_free: None, deadline, waker: Some(waker) });
+                slot as u32
+            }
+        };
+        if self.heap.capacity() == 0 {
+            self.heap.reserve_exact(KEEP);
+        }
+        // O(1) when deadlines come in increasing order (the usual case: one timeout length).
+        self.heap.push(Entry { deadline, slot, seq });
+        self.live += 1;
+        let id = (u64::from(seq) << SEQ_SHIFT) | (u64::from(slot) << SHARD_BITS) | shard as u64;
+        TimerKey::new(deadline, id)
+    }
+
+    /// Takes the waker of `key` if it is still pending here.
+    fn remove(&mut self, key: TimerKey) -> Option<Waker> {
+        let id = key.id();
+        let slot = (id >> SHARD_BITS) as usize & (MAX_SLOTS - 1);
+        let seq = (id >> SEQ_SHIFT) as u32;
+        let entry = self.slots.get_mut(slot).filter(|s| s.seq == seq && seq != 0)?;
+        if entry.deadline != key.deadline() {
+            return None;
+        }
+        let waker = self.release(slot as u32);
+        if self.live == 0 {
+            self.reset();
+        } else if self.heap.len() > 2 * self.live + SLACK {
+            let slots = &self.slots;
+            self.heap.retain(|e| slots[e.slot as usize].seq == e.seq);
+        }
+        waker
+    }
+
+    /// Frees a live slot and returns its waker.
+    fn release(&mut self, slot: u32) -> Option<Waker> {
+        let entry = &mut self.slots[slot as usize];
+        entry.seq = 0;
+        entry.next_free = self.free;
+        self.free = Some(slot);
+        self.live -= 1;
+        entry.waker.take()
+    }
+
+    /// No timer is pending: forget every stale entry and give back the memory of a burst.
+    fn reset(&mut self) {
+        self.heap.clear();
+        self.slots.clear();
+        self.free = None;
+        if self.heap.capacity() > KEEP {
+            self.heap.shrink_to(KEEP);
+        }
+        if self.slots.capacity() > KEEP {
+            self.slots.shrink_to(KEEP);
+        }
+    }
+
+    /// Moves the wakers of every timer due at `now` to `due`; returns the earliest deadline
+    /// still pending (`Instant::MAX` if none).
+    fn take_due(&mut self, now: Instant, due: &mut Vec<Waker>) -> Instant {
+        while let Some(&top) = self.heap.peek() {
+            let live = self.slots[top.slot as usize].seq == top.seq;
+            if live && top.deadline > now {
+                return top.deadline;
+            }
+            self.heap.pop();
+            if live {
+                due.extend(self.release(top.slot));
+            }
+        }
+        if self.live == 0 {
+            self.reset();
+        }
+        Instant::MAX
+    }
+
+    /// The earliest entry's deadline (stale or not: at worst an early wake-up).
+    fn earliest(&self) -> Instant {
+        self.heap.peek().map_or(Instant::MAX, |e| e.deadline)
+    }
 }
 
 fn epoch() -> std::time::Instant {
@@ -52,7 +228,40 @@ fn epoch() -> std::time::Instant {
 
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| Shared { timers: Mutex::new(Timers::default()), changed: Condvar::new() })
+    SHARED.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let shards = (2 * cpus).next_power_of_two().min(MAX_SHARDS);
+        Shared {
+            shards: (0..shards).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
+            sleeping_until: AtomicU64::new(u64::MAX),
+            control: Mutex::new(Control::default()),
+            changed: Condvar::new(),
+        }
+    })
+}
+
+/// This thread's shard: threads are numbered in the order they first schedule a timer, so
+/// up to `shards` threads get one each.
+fn this_shard(shards: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    // During thread-local destruction: shard 0 (any shard is correct, only slower).
+    let n = SHARD
+        .try_with(|shard| {
+            if shard.get() == usize::MAX {
+                shard.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            }
+            shard.get()
+        })
+        .unwrap_or(0);
+    n & (shards - 1)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code of this module panics while holding a lock; wakers run after it is released.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl StdClock {
@@ -91,44 +300,48 @@ impl Clock for StdClock {
 
     fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
         let shared = shared();
-        let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
-        timers.next_id += 1;
-        let key = TimerKey::new(deadline, timers.next_id);
-        let wake_thread = timers.sleeping_until.is_none_or(|until| deadline < until);
-        timers.map.insert(key, waker);
-        if !timers.thread_started {
-            start_thread(shared, &mut timers);
-        } else if wake_thread {
-            // It sleeps past this deadline: wake it to sleep less.
-            timers.sleeping_until = Some(deadline);
-            shared.changed.notify_one();
+        let shard = this_shard(shared.shards.len());
+        let key = lock(&shared.shards[shard].0).insert(shard, deadline, waker);
+        // memory ordering: Relaxed is enough: the timer thread publishes its sleep and then
+        // takes every shard's lock to look again, so either it sees this timer or this load,
+        // made after this shard's lock was released, sees its new sleep (the mutex orders them).
+        if deadline.as_nanos() < shared.sleeping_until.load(Ordering::Relaxed) {
+            kick(shared, deadline);
         }
         key
     }
 
     fn cancel(&self, key: TimerKey) {
-        let removed = {
-            let mut timers = shared().timers.lock().unwrap_or_else(|e| e.into_inner());
-            let removed = timers.map.remove(&key);
-            if timers.map.is_empty() {
-                // Give back the tree's memory after a burst of timers.
-                timers.map = BTreeMap::new();
-            }
-            removed
-        };
+        let shared = shared();
+        let shard = (key.id() as usize) & (MAX_SHARDS - 1);
+        let Some(shard) = shared.shards.get(shard) else { return };
+        let removed = lock(&shard.0).remove(key);
         drop(removed); // the waker is dropped outside the lock
     }
 }
 
-/// Starts the timer thread. If the OS refuses a thread, the timers stay in the map and the
-/// next `schedule` tries again (a panic here would surface in whatever code happened to make
-/// a deadline, possibly inside another context's completion).
-fn start_thread(shared: &'static Shared, timers: &mut Timers) {
+/// Wakes the timer thread (starting it the first time) for a timer due before its sleep.
+fn kick(shared: &'static Shared, deadline: Instant) {
+    let mut control = lock(&shared.control);
+    if !control.thread_started {
+        start_thread(shared, &mut control);
+        return; // the new thread's first scan finds the timer
+    }
+    control.kicked = true;
+    // Later timers need not wake it again: it scans every shard when it wakes up.
+    shared.sleeping_until.fetch_min(deadline.as_nanos(), Ordering::Relaxed);
+    shared.changed.notify_one();
+}
+
+/// Starts the timer thread. If the OS refuses a thread, the timers stay in their shards and
+/// the next `schedule` tries again (a panic here would surface in whatever code happened to
+/// make a deadline, possibly inside another context's completion).
+fn start_thread(shared: &'static Shared, control: &mut Control) {
     let spawned = std::thread::Builder::new().name("cancelctx-timer".into()).spawn(move || {
         let _restart = Restart(shared);
         run(shared);
     });
-    timers.thread_started = spawned.is_ok();
+    control.thread_started = spawned.is_ok();
 }
 
 /// Restarts the timer thread if it ever ends (it never returns; only a panic of this crate's
@@ -138,40 +351,53 @@ struct Restart(&'static Shared);
 
 impl Drop for Restart {
     fn drop(&mut self) {
-        let mut timers = self.0.timers.lock().unwrap_or_else(|e| e.into_inner());
-        timers.thread_started = false;
-        timers.sleeping_until = None;
-        if !timers.map.is_empty() {
-            start_thread(self.0, &mut timers);
+        let mut control = lock(&self.0.control);
+        control.thread_started = false;
+        self.0.sleeping_until.store(u64::MAX, Ordering::Relaxed);
+        if self.0.shards.iter().any(|shard| lock(&shard.0).live > 0) {
+            start_thread(self.0, &mut control);
         }
     }
 }
 
-/// The timer thread: sleep until the earliest deadline, wake everything due, repeat.
+/// The timer thread: wake everything due in every shard, sleep until the earliest deadline
+/// left, repeat.
 ///
 /// Wakers run with no lock held, each under `catch_unwind`: a panicking `after_func` callback
 /// or waker is reported by the panic hook and dropped here, and the thread goes on (nobody
 /// could receive the panic, and every other deadline of the process depends on this thread).
 fn run(shared: &'static Shared) {
-    let mut timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
+    let mut due = Vec::new();
     loop {
+        // A kick from before this point concerns a timer this scan finds.
+        lock(&shared.control).kicked = false;
         let now = StdClock.now();
-        let later = timers.map.split_off(&TimerKey::new(now, u64::MAX));
-        let due = core::mem::replace(&mut timers.map, later);
+        let mut earliest = Instant::MAX;
+        for shard in &*shared.shards {
+            earliest = earliest.min(lock(&shard.0).take_due(now, &mut due));
+        }
         if !due.is_empty() {
-            drop(timers);
-            drop(crate::panic::for_each_caught(due.into_values(), Waker::wake));
-            timers = shared.timers.lock().unwrap_or_else(|e| e.into_inner());
+            drop(crate::panic::for_each_caught(due.drain(..), Waker::wake));
             continue;
         }
-        let first = timers.map.keys().next().map(TimerKey::deadline);
-        timers.sleeping_until = first;
-        timers = match first {
-            None => shared.changed.wait(timers).unwrap_or_else(|e| e.into_inner()),
-            Some(first) => {
-                let wait = first.saturating_duration_since(now);
-                shared.changed.wait_timeout(timers, wait).unwrap_or_else(|e| e.into_inner()).0
+        // Publish the sleep, then look again: a timer scheduled meanwhile is either seen
+        // here or its `schedule` sees the new sleep and kicks (see `schedule`).
+        shared.sleeping_until.store(earliest.as_nanos(), Ordering::Relaxed);
+        if shared.shards.iter().any(|shard| lock(&shard.0).earliest() < earliest) {
+            continue;
+        }
+        let mut control = lock(&shared.control);
+        while !control.kicked {
+            let now = StdClock.now();
+            if earliest == Instant::MAX {
+                control = shared.changed.wait(control).unwrap_or_else(|e| e.into_inner());
+            } else if now < earliest {
+                let wait = earliest.saturating_duration_since(now);
+                control =
+                    shared.changed.wait_timeout(control, wait).unwrap_or_else(|e| e.into_inner()).0;
+            } else {
+                break;
             }
-        };
+        }
     }
 }
