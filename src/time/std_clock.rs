@@ -401,3 +401,128 @@ fn run(shared: &'static Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn waker() -> (Waker, Arc<Count>) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (Waker::from(count.clone()), count)
+    }
+
+    fn at(nanos: u64) -> Instant {
+        Instant::from_nanos(nanos)
+    }
+
+    fn slot_of(key: TimerKey) -> u64 {
+        (key.id() >> SHARD_BITS) & (MAX_SLOTS as u64 - 1)
+    }
+
+    #[test]
+    fn keys_name_their_shard_and_release_their_waker_once() {
+        let mut shard = Shard::default();
+        let (w, count) = waker();
+        let key = shard.insert(5, at(10), w);
+        assert_eq!((key.deadline(), key.id() as usize & (MAX_SHARDS - 1)), (at(10), 5));
+        assert_eq!(Arc::strong_count(&count), 2);
+        assert!(shard.remove(key).is_some());
+        assert_eq!(Arc::strong_count(&count), 1, "the waker was handed back");
+        assert!(shard.remove(key).is_none(), "a second cancel is a no-op");
+        assert_eq!(shard.live, 0);
+    }
+
+    #[test]
+    fn a_stale_key_does_not_release_the_next_timer_of_its_slot() {
+        let mut shard = Shard::default();
+        let (keep, _k) = waker();
+        let _pending = shard.insert(0, at(1), keep); // keeps the shard from resetting
+        let (w, _c) = waker();
+        let old = shard.insert(0, at(10), w);
+        assert!(shard.remove(old).is_some());
+        // The same slot, reused: same deadline, newer sequence number.
+        let (w, count) = waker();
+        let new = shard.insert(0, at(10), w);
+        assert_eq!(slot_of(new), slot_of(old));
+        assert!(shard.remove(old).is_none());
+        // The same slot and sequence number but another deadline: not this timer either.
+        assert!(shard.remove(TimerKey::new(at(11), new.id())).is_none());
+        assert_eq!(Arc::strong_count(&count), 2, "the newer timer is still pending");
+        assert!(shard.remove(new).is_some());
+    }
+
+    #[test]
+    fn keys_of_another_layout_are_ignored() {
+        let mut shard = Shard::default();
+        let (w, _c) = waker();
+        let key = shard.insert(0, at(3), w);
+        for id in [0, u64::MAX, key.id() ^ (1 << SEQ_SHIFT), key.id() + (7 << SHARD_BITS)] {
+            assert!(shard.remove(TimerKey::new(at(3), id)).is_none(), "id {id:#x}");
+        }
+        assert_eq!(shard.live, 1);
+    }
+
+    #[test]
+    fn due_timers_are_taken_in_deadline_order_and_cancelled_ones_skipped() {
+        let mut shard = Shard::default();
+        let mut counts = Vec::new();
+        let mut keys = Vec::new();
+        for d in [30, 10, 20, 40, 15] {
+            let (w, c) = waker();
+            keys.push(shard.insert(1, at(d), w));
+            counts.push(c);
+        }
+        assert!(shard.remove(keys[1]).is_some()); // 10, cancelled: its entry stays in the heap
+        assert_eq!(shard.earliest(), at(10), "a stale top may only make the thread wake early");
+        let mut due = Vec::new();
+        assert_eq!(shard.take_due(at(5), &mut due), at(15), "the cancelled top is skipped");
+        assert!(due.is_empty());
+        assert_eq!(shard.take_due(at(30), &mut due), at(40));
+        assert_eq!(due.len(), 3); // 15, 20, 30
+        due.drain(..).for_each(Waker::wake);
+        let woken: Vec<usize> = counts.iter().map(|c| c.0.load(Ordering::Relaxed)).collect();
+        assert_eq!(woken, [1, 0, 1, 0, 1]);
+        assert!(shard.remove(keys[0]).is_none(), "a fired timer is forgotten");
+        assert_eq!(shard.take_due(at(u64::MAX), &mut due), Instant::MAX);
+        assert_eq!((due.len(), shard.live, shard.heap.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn cancelled_entries_are_compacted_while_a_timer_stays_pending() {
+        let mut shard = Shard::default();
+        let (w, _c) = waker();
+        let _pending = shard.insert(0, at(1), w);
+        for i in 0..10_000 {
+            let (w, _c) = waker();
+            let key = shard.insert(0, at(100 + i), w);
+            assert!(shard.remove(key).is_some());
+            assert!(shard.heap.len() <= 2 * shard.live + SLACK + 1, "at {i}");
+        }
+        assert_eq!(shard.slots.len(), 2, "the freed slot is reused");
+        assert!(shard.heap.capacity() <= 2 * KEEP + SLACK);
+    }
+
+    #[test]
+    fn an_emptied_shard_gives_back_the_memory_of_a_burst() {
+        let mut shard = Shard::default();
+        let keys: Vec<_> = (0..1_000).map(|i| shard.insert(0, at(i), waker().0)).collect();
+        assert!(shard.slots.capacity() >= 1_000);
+        for key in keys {
+            assert!(shard.remove(key).is_some());
+        }
+        assert_eq!((shard.slots.capacity(), shard.heap.capacity()), (KEEP, KEEP));
+        assert_eq!((shard.slots.len(), shard.heap.len(), shard.free), (0, 0, None));
+    }
+}
