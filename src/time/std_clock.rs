@@ -3,13 +3,20 @@
 use std::boxed::Box;
 use std::cell::Cell;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::task::Waker;
 use std::thread_local;
 use std::vec::Vec;
 
 use super::{Clock, Instant, TimerKey};
+
+// The primitives of the wake-up protocol between `schedule` and the timer thread: loom's
+// under `cfg(loom)`, so that `tests/loom.rs` explores it (through [`model`]).
+#[cfg(loom)]
+use loom::sync::{atomic::AtomicU64, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use std::sync::{atomic::AtomicU64, Condvar, Mutex, MutexGuard};
 
 /// Real time (`std::time::Instant`) with timers on one lazily started thread per process.
 ///
@@ -226,17 +233,23 @@ fn epoch() -> std::time::Instant {
     *EPOCH.get_or_init(std::time::Instant::now)
 }
 
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let shards = (2 * cpus).next_power_of_two().min(MAX_SHARDS);
+impl Shared {
+    fn new(shards: usize) -> Shared {
+        debug_assert!(shards.is_power_of_two() && shards <= MAX_SHARDS);
         Shared {
             shards: (0..shards).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
             sleeping_until: AtomicU64::new(u64::MAX),
             control: Mutex::new(Control::default()),
             changed: Condvar::new(),
         }
+    }
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Shared::new((2 * cpus).next_power_of_two().min(MAX_SHARDS))
     })
 }
 
@@ -300,24 +313,40 @@ impl Clock for StdClock {
 
     fn schedule(&self, deadline: Instant, waker: Waker) -> TimerKey {
         let shared = shared();
-        let shard = this_shard(shared.shards.len());
-        let key = lock(&shared.shards[shard].0).insert(shard, deadline, waker);
-        // memory ordering: Relaxed is enough: the timer thread publishes its sleep and then
-        // takes every shard's lock to look again, so either it sees this timer or this load,
-        // made after this shard's lock was released, sees its new sleep (the mutex orders them).
-        if deadline.as_nanos() < shared.sleeping_until.load(Ordering::Relaxed) {
-            kick(shared, deadline);
+        let (key, kick) = schedule_in(shared, this_shard(shared.shards.len()), deadline, waker);
+        if let Some(deadline) = kick {
+            self::kick(shared, deadline);
         }
         key
     }
 
     fn cancel(&self, key: TimerKey) {
-        let shared = shared();
-        let shard = (key.id() as usize) & (MAX_SHARDS - 1);
-        let Some(shard) = shared.shards.get(shard) else { return };
-        let removed = lock(&shard.0).remove(key);
-        drop(removed); // the waker is dropped outside the lock
+        cancel_in(shared(), key);
     }
+}
+
+/// Adds a timer to `shard`; returns its key, and its deadline if the timer thread must be
+/// woken for it ([`kick`]: it sleeps past the deadline).
+fn schedule_in(
+    shared: &Shared,
+    shard: usize,
+    deadline: Instant,
+    waker: Waker,
+) -> (TimerKey, Option<Instant>) {
+    let key = lock(&shared.shards[shard].0).insert(shard, deadline, waker);
+    // memory ordering: Relaxed is enough: the timer thread publishes its sleep and then
+    // takes every shard's lock to look again (`round`), so either it sees this timer or this
+    // load, made after this shard's lock was released, sees its new sleep (the mutex orders
+    // them). Loom model `std_clock_schedule_vs_timer_thread_falling_asleep`.
+    let earlier = deadline.as_nanos() < shared.sleeping_until.load(Ordering::Relaxed);
+    (key, earlier.then_some(deadline))
+}
+
+fn cancel_in(shared: &Shared, key: TimerKey) {
+    let shard = (key.id() as usize) & (MAX_SHARDS - 1);
+    let Some(shard) = shared.shards.get(shard) else { return };
+    let removed = lock(&shard.0).remove(key);
+    drop(removed); // the waker is dropped outside the lock
 }
 
 /// Wakes the timer thread (starting it the first time) for a timer due before its sleep.
@@ -327,6 +356,11 @@ fn kick(shared: &'static Shared, deadline: Instant) {
         start_thread(shared, &mut control);
         return; // the new thread's first scan finds the timer
     }
+    wake_thread(shared, control, deadline);
+}
+
+/// Makes the (started) timer thread scan again before it sleeps, or wakes it if it sleeps.
+fn wake_thread(shared: &Shared, mut control: MutexGuard<'_, Control>, deadline: Instant) {
     control.kicked = true;
     // Later timers need not wake it again: it scans every shard when it wakes up.
     shared.sleeping_until.fetch_min(deadline.as_nanos(), Ordering::Relaxed);
@@ -369,35 +403,99 @@ impl Drop for Restart {
 fn run(shared: &'static Shared) {
     let mut due = Vec::new();
     loop {
-        // A kick from before this point concerns a timer this scan finds.
-        lock(&shared.control).kicked = false;
-        let now = StdClock.now();
-        let mut earliest = Instant::MAX;
-        for shard in &*shared.shards {
-            earliest = earliest.min(lock(&shard.0).take_due(now, &mut due));
+        if let Some(earliest) = round(shared, StdClock.now(), &mut due) {
+            sleep(shared, earliest, || StdClock.now());
         }
-        if !due.is_empty() {
-            drop(crate::panic::for_each_caught(due.drain(..), Waker::wake));
-            continue;
+    }
+}
+
+/// One scan of the timer thread: wakes every timer due at `now` (then returns `None`: scan
+/// again), or publishes when it will wake up by itself and returns that instant (or `None` if
+/// a timer appeared meanwhile that it must look at first).
+fn round(shared: &Shared, now: Instant, due: &mut Vec<Waker>) -> Option<Instant> {
+    // A kick from before this point concerns a timer this scan finds.
+    lock(&shared.control).kicked = false;
+    let mut earliest = Instant::MAX;
+    for shard in &*shared.shards {
+        earliest = earliest.min(lock(&shard.0).take_due(now, due));
+    }
+    if !due.is_empty() {
+        drop(crate::panic::for_each_caught(due.drain(..), Waker::wake));
+        return None;
+    }
+    // Publish the sleep, then look again: a timer scheduled meanwhile is either seen here or
+    // its `schedule` sees the new sleep and kicks (see `schedule_in`).
+    shared.sleeping_until.store(earliest.as_nanos(), Ordering::Relaxed);
+    if shared.shards.iter().any(|shard| lock(&shard.0).earliest() < earliest) {
+        return None;
+    }
+    Some(earliest)
+}
+
+/// Sleeps until `earliest` (as `now` tells) or a kick, whichever comes first.
+fn sleep(shared: &Shared, earliest: Instant, now: impl Fn() -> Instant) {
+    let mut control = lock(&shared.control);
+    while !control.kicked {
+        let now = now();
+        if earliest == Instant::MAX {
+            control = shared.changed.wait(control).unwrap_or_else(|e| e.into_inner());
+        } else if now < earliest {
+            let wait = earliest.saturating_duration_since(now);
+            control =
+                shared.changed.wait_timeout(control, wait).unwrap_or_else(|e| e.into_inner()).0;
+        } else {
+            break;
         }
-        // Publish the sleep, then look again: a timer scheduled meanwhile is either seen
-        // here or its `schedule` sees the new sleep and kicks (see `schedule`).
-        shared.sleeping_until.store(earliest.as_nanos(), Ordering::Relaxed);
-        if shared.shards.iter().any(|shard| lock(&shard.0).earliest() < earliest) {
-            continue;
+    }
+}
+
+/// The wake-up protocol between `schedule` and the timer thread, for the loom models in
+/// `tests/loom.rs` (`cfg(loom)` builds only): a clock state of its own, not the process's.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model {
+    use super::{Instant, Ordering, Shared, TimerKey, Vec, Waker};
+
+    /// A std clock's timer state with `shards` shards (a power of two), whose timer thread
+    /// counts as started (the model plays it) and last slept until `sleeping_until`.
+    pub struct Clock(Shared);
+
+    impl core::fmt::Debug for Clock {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("Clock").finish_non_exhaustive()
         }
-        let mut control = lock(&shared.control);
-        while !control.kicked {
-            let now = StdClock.now();
-            if earliest == Instant::MAX {
-                control = shared.changed.wait(control).unwrap_or_else(|e| e.into_inner());
-            } else if now < earliest {
-                let wait = earliest.saturating_duration_since(now);
-                control =
-                    shared.changed.wait_timeout(control, wait).unwrap_or_else(|e| e.into_inner()).0;
-            } else {
-                break;
+    }
+
+    impl Clock {
+        pub fn new(shards: usize, sleeping_until: Instant) -> Clock {
+            let shared = Shared::new(shards);
+            shared.sleeping_until.store(sleeping_until.as_nanos(), Ordering::Relaxed);
+            super::lock(&shared.control).thread_started = true;
+            Clock(shared)
+        }
+
+        /// `StdClock::schedule` from a thread of `shard`.
+        pub fn schedule(&self, shard: usize, deadline: Instant, waker: Waker) -> TimerKey {
+            let (key, kick) = super::schedule_in(&self.0, shard, deadline, waker);
+            if let Some(deadline) = kick {
+                super::wake_thread(&self.0, super::lock(&self.0.control), deadline);
             }
+            key
+        }
+
+        /// `StdClock::cancel`.
+        pub fn cancel(&self, key: TimerKey) {
+            super::cancel_in(&self.0, key);
+        }
+
+        /// One scan of the timer thread at `now`; see `round`.
+        pub fn round(&self, now: Instant) -> Option<Instant> {
+            super::round(&self.0, now, &mut Vec::new())
+        }
+
+        /// The timer thread's sleep until `earliest` or a kick (time stands still at `now`).
+        pub fn sleep(&self, earliest: Instant, now: Instant) {
+            super::sleep(&self.0, earliest, || now);
         }
     }
 }
