@@ -613,6 +613,41 @@ mod tests {
     }
 
     #[test]
+    fn only_a_timer_earlier_than_the_threads_sleep_wakes_it() {
+        let shared = Shared::new(2);
+        shared.sleeping_until.store(100, Ordering::Relaxed);
+        let (_, kick) = schedule_in(&shared, 0, at(150), waker().0);
+        assert_eq!(kick, None, "a later timer does not wake the thread");
+        let (_, kick) = schedule_in(&shared, 0, at(100), waker().0);
+        assert_eq!(kick, None, "nor one due when it wakes anyway");
+        let (_, kick) = schedule_in(&shared, 1, at(50), waker().0);
+        assert_eq!(kick, Some(at(50)));
+    }
+
+    #[test]
+    fn a_round_wakes_what_is_due_in_every_shard_and_publishes_the_next_deadline() {
+        let shared = Shared::new(4);
+        let (w10, c10) = waker();
+        let (w5, c5) = waker();
+        let (w7, c7) = waker();
+        schedule_in(&shared, 0, at(10), w10);
+        schedule_in(&shared, 3, at(5), w5);
+        let (cancelled, _) = schedule_in(&shared, 2, at(7), w7);
+        cancel_in(&shared, cancelled);
+        let mut due = Vec::new();
+        assert_eq!(round(&shared, at(1), &mut due), Some(at(5)));
+        assert_eq!(shared.sleeping_until.load(Ordering::Relaxed), 5);
+        assert_eq!(round(&shared, at(8), &mut due), None, "woke the timer at 5: look again");
+        assert_eq!(round(&shared, at(8), &mut due), Some(at(10)));
+        let woken = [&c5, &c7, &c10].map(|c| c.0.load(Ordering::Relaxed));
+        assert_eq!(woken, [1, 0, 0]);
+        assert_eq!(round(&shared, at(10), &mut due), None);
+        assert_eq!(round(&shared, at(10), &mut due), Some(Instant::MAX));
+        assert_eq!(c10.0.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.sleeping_until.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
     fn an_emptied_shard_gives_back_the_memory_of_a_burst() {
         let mut shard = Shard::default();
         let keys: Vec<_> = (0..1_000).map(|i| shard.insert(0, at(i), waker().0)).collect();
