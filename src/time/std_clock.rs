@@ -36,7 +36,8 @@ use std::sync::{atomic::AtomicU64, Condvar, Mutex, MutexGuard};
 ///   callback is caught there (the panic hook prints it, nobody receives it) and the thread
 ///   goes on; should the thread ever end, it is started again.
 ///
-/// Instants count from the first time the process read this clock.
+/// Instants count from the first time the process read this clock. One shard holds at most
+/// 2^26 pending timers (`schedule` panics beyond: that is over 15 GB of timeout contexts).
 ///
 /// ```
 /// use cancelctx::{Clock, StdClock};
@@ -90,21 +91,30 @@ struct Control {
 /// of `(deadline, slot, seq)`. Cancelling frees the slot and leaves its heap entry behind:
 /// an entry whose slot no longer holds its `seq` is stale, skipped when it reaches the top
 /// and removed in bulk when stale entries outnumber live ones (amortized O(1) per cancel).
-#[derive(Default)]
 struct Shard {
     slots: Vec<Slot>,
-    free: Option<u32>,
+    /// The first free slot, or `NO_SLOT`.
+    free: u32,
     live: usize,
     heap: BinaryHeap<Entry>,
     /// The next sequence number (never 0: 0 marks a free slot).
     seq: u32,
 }
 
+/// No slot (slot numbers are below `MAX_SLOTS`). A slot is 32 bytes.
+const NO_SLOT: u32 = u32::MAX;
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard { slots: Vec::new(), free: NO_SLOT, live: 0, heap: BinaryHeap::new(), seq: 0 }
+    }
+}
+
 struct Slot {
     /// 0 while free.
     seq: u32,
-    /// The next free slot, while free.
-    next_free: Option<u32>,
+    /// The next free slot (or `NO_SLOT`), while free.
+    next_free: u32,
     deadline: Instant,
     waker: Option<Waker>,
 }
@@ -134,21 +144,21 @@ impl Shard {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         let slot = match self.free {
-            Some(slot) => {
-                let entry = &mut self.slots[slot as usize];
-                self.free = entry.next_free;
-                *entry = Slot { seq, next_free: None, deadline, waker: Some(waker) };
-                slot
-            }
-            None => {
+            NO_SLOT => {
                 let slot = self.slots.len();
                 // 2^26 pending timers in one shard are more than 15 GB of timeout nodes.
                 assert!(slot < MAX_SLOTS, "more than 2^26 pending timers on one StdClock shard");
                 if self.slots.capacity() == 0 {
                     self.slots.reserve_exact(KEEP);
                 }
-                self.slots.push(Slot { seq, next_free: None, deadline, waker: Some(waker) });
+                self.slots.push(Slot { seq, next_free: NO_SLOT, deadline, waker: Some(waker) });
                 slot as u32
+            }
+            slot => {
+                let entry = &mut self.slots[slot as usize];
+                self.free = entry.next_free;
+                *entry = Slot { seq, next_free: NO_SLOT, deadline, waker: Some(waker) };
+                slot
             }
         };
         if self.heap.capacity() == 0 {
@@ -185,7 +195,7 @@ impl Shard {
         let entry = &mut self.slots[slot as usize];
         entry.seq = 0;
         entry.next_free = self.free;
-        self.free = Some(slot);
+        self.free = slot;
         self.live -= 1;
         entry.waker.take()
     }
@@ -194,7 +204,7 @@ impl Shard {
     fn reset(&mut self) {
         self.heap.clear();
         self.slots.clear();
-        self.free = None;
+        self.free = NO_SLOT;
         if self.heap.capacity() > KEEP {
             self.heap.shrink_to(KEEP);
         }
@@ -648,6 +658,11 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_32_bytes_and_a_heap_entry_16() {
+        assert_eq!((size_of::<Slot>(), size_of::<Entry>()), (32, 16));
+    }
+
+    #[test]
     fn an_emptied_shard_gives_back_the_memory_of_a_burst() {
         let mut shard = Shard::default();
         let keys: Vec<_> = (0..1_000).map(|i| shard.insert(0, at(i), waker().0)).collect();
@@ -656,6 +671,6 @@ mod tests {
             assert!(shard.remove(key).is_some());
         }
         assert_eq!((shard.slots.capacity(), shard.heap.capacity()), (KEEP, KEEP));
-        assert_eq!((shard.slots.len(), shard.heap.len(), shard.free), (0, 0, None));
+        assert_eq!((shard.slots.len(), shard.heap.len(), shard.free), (0, 0, NO_SLOT));
     }
 }
