@@ -264,6 +264,55 @@ fn std_clock_timers_scheduled_on_many_threads_fire_or_are_cancelled_from_others(
 }
 
 #[test]
+fn std_clock_churn_on_many_threads_fires_every_due_timer_and_keeps_no_waker() {
+    // Threads of every shard at once create short timeouts (which must fire) and hour-long
+    // ones (cancelled at once or after the short ones fired), so that schedules, cancels,
+    // kicks and the timer thread's rounds interleave across shards.
+    let clock = Tracked::new(StdClock);
+    let track = clock.track.clone();
+    let root = Context::with_clock(clock);
+    let threads = 2 * thread::available_parallelism().map_or(1, usize::from) + 2;
+    let workers: Vec<_> = (0..threads as u64)
+        .map(|t| {
+            let root = root.clone();
+            thread::spawn(move || {
+                let mut rng = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1; // xorshift state
+                let mut kept = Vec::new();
+                for _ in 0..200 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    match rng % 4 {
+                        0 => {
+                            let (ctx, guard) = root.with_timeout(HOUR);
+                            drop(guard);
+                            assert_eq!(ctx.err(), Some(Error::Canceled));
+                        }
+                        1 => kept.push((root.with_timeout(HOUR), false)),
+                        _ => {
+                            kept.push((root.with_timeout(Duration::from_micros(rng % 2_000)), true))
+                        }
+                    }
+                }
+                for ((ctx, guard), fires) in kept {
+                    if fires {
+                        assert_eq!(ctx.wait_timeout(BOUND), Some(Error::DeadlineExceeded));
+                    } else {
+                        drop(guard);
+                        assert_eq!(ctx.err(), Some(Error::Canceled));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(track.outstanding(), 0);
+    assert!(eventually(|| track.live_wakers() == 0), "the std clock kept wakers");
+}
+
+#[test]
 fn std_clock_extreme_deadlines_do_not_block_other_timers() {
     let clock = Tracked::new(StdClock);
     let track = clock.track.clone();
