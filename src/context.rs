@@ -647,8 +647,9 @@ impl Context {
         timeout: Duration,
     ) -> Result<(Context, CancelGuard), NoClockError> {
         let clock = self.clock_ref().ok_or(NoClockError)?;
-        let deadline = clock.get().now().saturating_add(timeout);
-        self.deadline_child(deadline, None)
+        let now = clock.get().now();
+        // `now` is handed on: the timer's "already due?" check reuses it (one clock read less).
+        self.deadline_child_at(now.saturating_add(timeout), None, Some(now))
     }
 
     /// A child that is done at `deadline` (or when this context is done), with no guard: for
@@ -713,6 +714,17 @@ impl Context {
         deadline: Instant,
         cause: Option<Cause>,
     ) -> Result<(Context, CancelGuard), NoClockError> {
+        self.deadline_child_at(deadline, cause, None)
+    }
+
+    /// [`deadline_child`](Context::deadline_child) given the clock's `now` if the caller just
+    /// read it.
+    fn deadline_child_at(
+        &self,
+        deadline: Instant,
+        cause: Option<Cause>,
+        now: Option<Instant>,
+    ) -> Result<(Context, CancelGuard), NoClockError> {
         let clock = self.clock_ref().ok_or(NoClockError)?.clone();
         if let Some(owner) = self.deadline_owner() {
             let meta = owner.meta.as_deref().expect("a deadline owner has meta");
@@ -730,7 +742,7 @@ impl Context {
         let meta = Box::new(Meta::new(deadline, clock, cause, waker.clone()));
         let (ctx, guard) = self.child(Some(meta));
         let Repr::Cancel(node) = &ctx.repr else { unreachable!("child() makes a cancel node") };
-        crate::timer::arm(node, waker);
+        crate::timer::arm(node, waker, now);
         Ok((ctx, guard))
     }
 }

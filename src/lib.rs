@@ -268,6 +268,10 @@ pub use group::{Group, GroupWait, Member};
 pub use signal::{Signal, SignalGuard, SignalReceived};
 pub use sleep::Sleep;
 pub use stream::{TakeUntilDone, Timeout};
+/// The std clock's wake-up protocol, for `tests/loom.rs` only.
+#[cfg(all(loom, feature = "std"))]
+#[doc(hidden)]
+pub use time::std_clock_model as __std_clock_model;
 #[cfg(feature = "async-io")]
 pub use time::AsyncIoClock;
 #[cfg(feature = "std")]

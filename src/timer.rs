@@ -37,6 +37,7 @@ use core::time::Duration;
 use crate::error::Error;
 use crate::node::{NodePtr, NodeRef};
 use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::time::Instant;
 
 const ARMING: usize = 1;
 const WOKEN: usize = 2;
@@ -126,7 +127,7 @@ fn fire(node: &NodeRef, waker: &Arc<TimerWaker>) {
     if meta.clock.get().now() >= meta.deadline {
         expire(node);
     } else if node.err().is_none() {
-        schedule(node, waker);
+        schedule(node, waker, None);
     }
 }
 
@@ -141,19 +142,21 @@ fn expire(node: &NodeRef) {
 }
 
 /// Points `waker` at a new deadline node and schedules it, or completes the node at once if
-/// the deadline has already passed.
-pub(crate) fn arm(node: &NodeRef, waker: Arc<TimerWaker>) {
+/// the deadline has already passed. `now` is the clock's time if the caller has just read it
+/// (`with_timeout`), so that the first check need not read the clock again.
+pub(crate) fn arm(node: &NodeRef, waker: Arc<TimerWaker>, now: Option<Instant>) {
     *waker.node.lock() = Some(node.ptr());
     if node.err().is_some() {
         return; // born done: the parent was done
     }
-    schedule(node, &waker);
+    schedule(node, &waker, now);
 }
 
 /// Schedules the node's wake-up until the clock takes it without waking at once; see the
 /// module docs. Returns at once if another thread is scheduling it already (its wake-up
-/// covers the same deadline).
-fn schedule(node: &NodeRef, waker: &Arc<TimerWaker>) {
+/// covers the same deadline). `now`, if given, is a time just read from the clock: the first
+/// round uses it instead of reading the clock.
+fn schedule(node: &NodeRef, waker: &Arc<TimerWaker>, mut now: Option<Instant>) {
     let Some(meta) = node.meta.as_ref() else { return };
     let me = this_thread();
     // memory ordering: Acquire so this armer sees the key the previous one stored.
@@ -168,7 +171,7 @@ fn schedule(node: &NodeRef, waker: &Arc<TimerWaker>) {
             waker.arming.store(0, Ordering::Release);
             return;
         }
-        if clock.now() >= meta.deadline {
+        if now.take().unwrap_or_else(|| clock.now()) >= meta.deadline {
             waker.arming.store(0, Ordering::Release);
             expire(node);
             return;

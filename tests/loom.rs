@@ -531,3 +531,75 @@ fn after_func_on_a_context_being_cancelled_sees_the_subtree_done() {
         assert_eq!(seen.load(Ordering::Relaxed), 1);
     });
 }
+
+/// A waker for the std clock models: they look at the clock's bookkeeping, not at wake-ups.
+struct NoWake;
+
+impl std::task::Wake for NoWake {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+fn no_wake() -> std::task::Waker {
+    std::task::Waker::from(std::sync::Arc::new(NoWake))
+}
+
+/// Model 18: the std clock's timer thread falls asleep while another thread schedules an
+/// earlier timer into another shard (the real `schedule` and timer-thread code, on loom's
+/// primitives, with the thread's time standing still). The thread last slept until 1, it is
+/// now 2 and nothing is pending: it must not sleep past the new timer at 5. Either its
+/// second look after publishing its sleep finds the timer, or `schedule` sees that sleep and
+/// kicks it; a kick lost between the two shows up as loom's deadlock (the thread waits for
+/// ever). Fails (deadlock) if `round` skips its second look, if it clears `kicked` after it
+/// instead of before its scan, or if `schedule` reads the sleep before inserting its timer.
+#[test]
+fn std_clock_schedule_vs_timer_thread_falling_asleep() {
+    use cancelctx::__std_clock_model::Clock as Timers;
+    model(PREEMPTIONS, || {
+        let at = Instant::from_nanos;
+        let timers = Arc::new(Timers::new(2, at(1)));
+        let t = timers.clone();
+        let timer_thread = thread::spawn(move || loop {
+            match t.round(at(2)) {
+                None => {}
+                Some(earliest) if earliest == Instant::MAX => t.sleep(earliest, at(2)),
+                Some(earliest) => {
+                    assert_eq!(earliest, at(5));
+                    break;
+                }
+            }
+        });
+        let key = timers.schedule(1, at(5), no_wake());
+        timer_thread.join().unwrap();
+        timers.cancel(key);
+    });
+}
+
+/// Model 19: two threads schedule into two shards (5, then an earlier 3) while the timer
+/// thread scans, sleeps until the earliest timer it saw and is kicked (under loom a timed
+/// sleep ends only by a kick). Whatever the order, the thread ends up knowing about 3: it
+/// never sleeps towards 5 (or for ever) while 3 is pending without a kick on its way, however
+/// the two kicks and their lowering of the published sleep interleave. Fails (deadlock) if
+/// `round` clears `kicked` after its second look instead of before its scan.
+#[test]
+fn std_clock_two_shards_schedule_while_the_timer_thread_sleeps() {
+    use cancelctx::__std_clock_model::Clock as Timers;
+    model(PREEMPTIONS, || {
+        let at = Instant::from_nanos;
+        let timers = Arc::new(Timers::new(2, Instant::MAX));
+        let t = timers.clone();
+        let timer_thread = thread::spawn(move || loop {
+            match t.round(at(2)) {
+                None => {}
+                Some(earliest) if earliest == at(3) => break,
+                Some(earliest) => t.sleep(earliest, at(2)),
+            }
+        });
+        let s = timers.clone();
+        let other = thread::spawn(move || s.schedule(0, at(5), no_wake()));
+        let early = timers.schedule(1, at(3), no_wake());
+        let late = other.join().unwrap();
+        timer_thread.join().unwrap();
+        timers.cancel(early);
+        timers.cancel(late);
+    });
+}

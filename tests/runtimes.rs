@@ -215,6 +215,104 @@ fn std_clock_earlier_deadline_scheduled_later_fires_first() {
 }
 
 #[test]
+fn std_clock_earlier_deadline_from_another_thread_wakes_the_timer_thread() {
+    // Each thread schedules into its own shard of the std clock; the timer thread, asleep
+    // towards an hour-long deadline of one shard, must still wake for a shorter deadline
+    // scheduled into another shard.
+    let (long, _lg) = Context::background().with_timeout(HOUR);
+    thread::sleep(Duration::from_millis(5)); // let the timer thread start waiting
+    let short = thread::spawn(|| {
+        let (short, guard) = Context::background().with_timeout(SHORT);
+        (short.wait_timeout(BOUND), guard)
+    });
+    assert_eq!(short.join().unwrap().0, Some(Error::DeadlineExceeded));
+    assert_eq!(long.err(), None);
+}
+
+#[test]
+fn std_clock_timers_scheduled_on_many_threads_fire_or_are_cancelled_from_others() {
+    // More threads than shards: timers of every shard fire, and a guard dropped on another
+    // thread than the one that scheduled its timer releases it in the right shard.
+    let clock = Tracked::new(StdClock);
+    let track = clock.track.clone();
+    let root = Context::with_clock(clock);
+    let threads = 4 * thread::available_parallelism().map_or(1, usize::from) + 1;
+    let made: Vec<_> = (0..threads)
+        .map(|i| {
+            let root = root.clone();
+            thread::spawn(move || {
+                let short = root.with_timeout(Duration::from_millis(1 + (i % 5) as u64));
+                let long = root.with_timeout(HOUR);
+                (short, long)
+            })
+        })
+        .collect();
+    let made: Vec<_> = made.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(track.schedules(), 2 * threads);
+    let mut shorts = Vec::new();
+    for ((short, short_guard), (long, long_guard)) in made {
+        drop(long_guard); // cancelled here, on another thread than its shard's
+        assert_done(&long, Error::Canceled, None);
+        shorts.push((short, short_guard));
+    }
+    for (short, _guard) in &shorts {
+        assert_eq!(short.wait_timeout(BOUND), Some(Error::DeadlineExceeded));
+    }
+    drop(shorts);
+    assert_eq!(track.outstanding(), 0);
+    assert!(eventually(|| track.live_wakers() == 0), "the std clock kept wakers");
+}
+
+#[test]
+fn std_clock_churn_on_many_threads_fires_every_due_timer_and_keeps_no_waker() {
+    // Threads of every shard at once create short timeouts (which must fire) and hour-long
+    // ones (cancelled at once or after the short ones fired), so that schedules, cancels,
+    // kicks and the timer thread's rounds interleave across shards.
+    let clock = Tracked::new(StdClock);
+    let track = clock.track.clone();
+    let root = Context::with_clock(clock);
+    let threads = 2 * thread::available_parallelism().map_or(1, usize::from) + 2;
+    let workers: Vec<_> = (0..threads as u64)
+        .map(|t| {
+            let root = root.clone();
+            thread::spawn(move || {
+                let mut rng = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1; // xorshift state
+                let mut kept = Vec::new();
+                for _ in 0..200 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    match rng % 4 {
+                        0 => {
+                            let (ctx, guard) = root.with_timeout(HOUR);
+                            drop(guard);
+                            assert_eq!(ctx.err(), Some(Error::Canceled));
+                        }
+                        1 => kept.push((root.with_timeout(HOUR), false)),
+                        _ => {
+                            kept.push((root.with_timeout(Duration::from_micros(rng % 2_000)), true))
+                        }
+                    }
+                }
+                for ((ctx, guard), fires) in kept {
+                    if fires {
+                        assert_eq!(ctx.wait_timeout(BOUND), Some(Error::DeadlineExceeded));
+                    } else {
+                        drop(guard);
+                        assert_eq!(ctx.err(), Some(Error::Canceled));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(track.outstanding(), 0);
+    assert!(eventually(|| track.live_wakers() == 0), "the std clock kept wakers");
+}
+
+#[test]
 fn std_clock_extreme_deadlines_do_not_block_other_timers() {
     let clock = Tracked::new(StdClock);
     let track = clock.track.clone();

@@ -17,6 +17,8 @@ mod tokio_clock;
 pub use async_io_clock::AsyncIoClock;
 pub use instant::Instant;
 pub use manual::ManualClock;
+#[cfg(all(loom, feature = "std"))]
+pub use std_clock::model as std_clock_model;
 #[cfg(feature = "std")]
 pub use std_clock::StdClock;
 #[cfg(feature = "tokio")]
