@@ -184,22 +184,39 @@ fn two_cancels_with_different_causes() {
     });
 }
 
-/// Model 4: `done()` registering its listener while another thread cancels: the wake-up is never
-/// lost (loom reports a deadlock if `block_on` is left pending with nobody to wake it).
+/// Model 4 (4a): `done()` registering its listener while another thread cancels: the wake-up
+/// is never lost (loom reports a deadlock if `block_on` is left pending with nobody to wake
+/// it). 4a waits on the cancelled context itself (notified by the completer directly), 4b on
+/// a grandchild (queued and notified through the completion's work list). They were one
+/// model with both waiters until #8: each waiter now also links its node (attach on demand)
+/// and the combined model grew to 1,957,099 executions (155 s at bound 3), for interleavings
+/// of two waiters on different nodes that the walk notifies independently.
 #[test]
 fn cancel_vs_done_registration() {
     model(PREEMPTIONS, || {
         let (root, _clock) = root();
         let (ctx, guard) = root.with_cancel();
-        let (child, _child_guard) = ctx.with_cancel();
+        let (_child, _child_guard) = ctx.with_cancel();
         let c = ctx.clone();
-        // One waiter on a child (queued and notified through the completion's work list) and
-        // one on the cancelled context itself (notified by the completer directly).
-        let on_child = thread::spawn(move || loom::future::block_on(child.done()));
         let on_ctx = thread::spawn(move || loom::future::block_on(c.done_owned()));
         guard.cancel();
-        assert_eq!(on_child.join().unwrap(), Error::Canceled);
         assert_eq!(on_ctx.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// Model 4b: see model 4; the waiter is on a grandchild (behind a value node), so its
+/// registration links the grandchild into the child, and the walk reaches it through the
+/// child it queued. (A waiter on a direct child is model 19.)
+#[test]
+fn cancel_vs_done_registration_on_a_grandchild() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (ctx, guard) = root.with_cancel();
+        let (child, _child_guard) = ctx.with_cancel();
+        let (grandchild, _grandchild_guard) = child.with_value(1u8).with_cancel();
+        let on_grandchild = thread::spawn(move || loom::future::block_on(grandchild.done()));
+        guard.cancel();
+        assert_eq!(on_grandchild.join().unwrap(), Error::Canceled);
     });
 }
 
@@ -683,7 +700,7 @@ fn grandchild_of_a_detached_leaf_vs_parent_cancel() {
 /// .is_some())`) makes this model pass (60,240 executions, 4 s at bound 3): a reader that saw
 /// the scope done has then completed the leaf's word, so the link's compare-exchange fails.
 #[test]
-#[ignore = "bug: is_done() of a detached leaf can go back to false while another thread links it (see the doc)"]
+#[ignore = "bug: is_done() of a detached leaf can go back to false (see the doc)"]
 fn is_done_of_a_detached_leaf_never_goes_back() {
     model(PREEMPTIONS, || {
         let (root, _clock) = root();
@@ -778,7 +795,7 @@ fn merged_count_clone_drop_vs_guard_drop_vs_parent_cancel() {
 /// executions, 27 ms). Also checks the count and lock protocol: no deadlock, nothing leaked,
 /// the sibling still cancelled by the walk.
 #[test]
-#[ignore = "bug: free_node frees a leaf the parent's walk still uses once it read NOT_LINKED (see the doc)"]
+#[ignore = "bug: free_node frees a leaf the parent's walk still uses (see the doc)"]
 fn last_handle_drop_of_a_linked_leaf_vs_parent_walk() {
     model(PREEMPTIONS, || {
         let (root, _clock) = root();
@@ -803,5 +820,32 @@ fn last_handle_drop_of_a_linked_leaf_vs_parent_walk() {
         assert!(sibling.is_done());
         dropper.join().unwrap();
         drop(parent);
+    });
+}
+
+/// Model 25: two threads link the same detached leaf at once (each creates a grandchild), so
+/// one of them finds it linked already when it holds the parent's lock and must not push it
+/// a second time. A leaf listed twice would leave a dangling pointer in the parent's
+/// `children` once the leaf is freed (its release removes one entry), which the parent's walk
+/// then follows. Loom alone cannot see that use after free, so the leaf's block is handed
+/// out again at once (the same-sized node allocated right after it is freed, as glibc's
+/// allocator does): a walk following the dangling pointer then cancels that unrelated
+/// context, or loom reports the unsynchronized access. Under the ASan run the use after free
+/// is reported directly.
+#[test]
+fn two_threads_link_the_same_detached_leaf() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        let (a, b) = (leaf.clone(), leaf.clone());
+        let first = thread::spawn(move || a.with_cancel());
+        let second = b.with_cancel();
+        let first = first.join().unwrap();
+        drop((first, second, leaf_guard, b));
+        drop(leaf); // the last handle: the leaf is freed and removed from `children`
+        let (unrelated, _unrelated_guard) = root.with_cancel();
+        parent_guard.cancel();
+        assert!(!unrelated.is_done(), "the parent's walk reached a context it never had");
     });
 }
