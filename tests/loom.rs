@@ -657,6 +657,20 @@ fn detached_leaf_blocking_wait_vs_guard_drop() {
     });
 }
 
+/// Model 20b: a blocking `wait()` on a detached leaf while the parent is cancelled (the
+/// blocking twin of model 19: listen, link, set WAITERS, park on loom's condition variable).
+#[test]
+fn detached_leaf_blocking_wait_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let waiter = thread::spawn(move || leaf.wait());
+        parent_guard.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+    });
+}
+
 /// Model 21: a grandchild created under a detached leaf (which links the leaf: a node with a
 /// detached child must be linked itself, so that its word is authoritative for the child)
 /// while the parent is cancelled with cause A. A child of a done parent is done: the leaf is
@@ -740,6 +754,24 @@ fn after_func_on_a_detached_leaf_vs_parent_cancel() {
         let handle = registrar.join().unwrap();
         assert_eq!(runs.load(Ordering::Relaxed), 1, "f must run exactly once");
         assert!(!handle.stop());
+    });
+}
+
+/// Model 22b: a deadline child created under a detached leaf (its timer is registered on the
+/// leaf's scope chain: `attach` links the leaf first) while the parent is cancelled: the
+/// deadline child is done once both returned, with the parent's cause, and its timer is not
+/// left on the clock (released by the walk, or handed back because it was born done).
+#[test]
+fn deadline_child_of_a_detached_leaf_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let maker = thread::spawn(move || leaf.with_deadline(Instant::from_nanos(10)));
+        parent_guard.cancel_with(CauseA);
+        let (child, _child_guard) = maker.join().unwrap();
+        assert_eq!(outcome(&child), Some((Error::Canceled, "A")), "deadline child left live");
+        assert_eq!(clock.pending_timers(), 0, "timer of a done context left on the clock");
     });
 }
 
