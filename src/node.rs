@@ -427,8 +427,11 @@ unsafe fn free_node(ptr: NodePtr) -> Context {
     // A node that was never linked (a leaf that stayed detached) or was drained by its
     // scope's walk is in no list: no lock to take. `NOT_LINKED` is final once read here: only
     // a handle holder links a node (and this was the last handle; the count's acquire makes
-    // its write visible), and only the scope's walk, under the lock, unlinks one.
-    let linked = matches!(Link::decode(node.link.load(Ordering::Relaxed)), Link::Slot(_));
+    // its write visible), and only the scope's walk, under the lock, unlinks one, as its
+    // last access to the node.
+    // memory ordering: Acquire pairs with the Release store of `NOT_LINKED` by the scope's
+    // walk (its last access to this node), so the walk is done with the node before the free.
+    let linked = matches!(Link::decode(node.link.load(Ordering::Acquire)), Link::Slot(_));
     if let Some(scope) = node.parent.scope().filter(|_| linked) {
         let mut guard = scope.inner.lock();
         if let (Link::Slot(slot), Some(inner)) =
@@ -500,15 +503,18 @@ impl CancelNode {
         self.err_detached()
     }
 
-    /// Whether the node is done, without settling a detached node (see [`Self::settled`]):
-    /// done-ness cannot change back, only the error must be fixed once reported.
+    /// Whether the node is done. A detached node whose scope is done is settled first (see
+    /// [`Self::settled`]), so that `true` is final.
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
         let s = self.state.load(Ordering::Acquire);
         if s & (state::STATUS | DETACHED) != DETACHED {
             return state::is_done(s);
         }
-        self.scope_is_done()
+        // A `true` must settle the node as `err` does: otherwise a link racing the scope's
+        // completion could make the node live (linked, not yet marked by the scope's walk)
+        // after this returned `true` (loom model 21b).
+        self.scope_is_done() && state::is_done(self.settled())
     }
 
     /// Whether the scope of a detached node is done: its word is authoritative (a node with
@@ -990,7 +996,6 @@ impl Walk {
             for child_ptr in inner.take_children() {
                 // SAFETY: listed in `children` and this node's lock is held.
                 let child = unsafe { child_ptr.get() };
-                child.link.store(NOT_LINKED, Ordering::Relaxed);
                 // Both `upgrade`s below are under this node's lock. `None` means the child is
                 // being released: no handle is left, so it has no waiters or callbacks (they
                 // hold references), nobody is walking it, and it releases its own timer.
@@ -1014,6 +1019,11 @@ impl Walk {
                         }
                     }
                 }
+                // Unlinked: the last access to the child under this lock. Its release path
+                // may free it without the lock as soon as it reads this (loom model 24).
+                // memory ordering: Release pairs with the Acquire load in `free_node`, so
+                // every access above happens before the free.
+                child.link.store(NOT_LINKED, Ordering::Release);
             }
             // Claim the callbacks under the lock: from here on `stop` returns false for them.
             if let Some(extra) = inner.extra.as_mut() {

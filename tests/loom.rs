@@ -184,22 +184,39 @@ fn two_cancels_with_different_causes() {
     });
 }
 
-/// Model 4: `done()` registering its listener while another thread cancels: the wake-up is never
-/// lost (loom reports a deadlock if `block_on` is left pending with nobody to wake it).
+/// Model 4 (4a): `done()` registering its listener while another thread cancels: the wake-up
+/// is never lost (loom reports a deadlock if `block_on` is left pending with nobody to wake
+/// it). 4a waits on the cancelled context itself (notified by the completer directly), 4b on
+/// a grandchild (queued and notified through the completion's work list). They were one
+/// model with both waiters until #8: each waiter now also links its node (attach on demand)
+/// and the combined model grew to 1,957,099 executions (155 s at bound 3), for interleavings
+/// of two waiters on different nodes that the walk notifies independently.
 #[test]
 fn cancel_vs_done_registration() {
     model(PREEMPTIONS, || {
         let (root, _clock) = root();
         let (ctx, guard) = root.with_cancel();
-        let (child, _child_guard) = ctx.with_cancel();
+        let (_child, _child_guard) = ctx.with_cancel();
         let c = ctx.clone();
-        // One waiter on a child (queued and notified through the completion's work list) and
-        // one on the cancelled context itself (notified by the completer directly).
-        let on_child = thread::spawn(move || loom::future::block_on(child.done()));
         let on_ctx = thread::spawn(move || loom::future::block_on(c.done_owned()));
         guard.cancel();
-        assert_eq!(on_child.join().unwrap(), Error::Canceled);
         assert_eq!(on_ctx.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// Model 4b: see model 4; the waiter is on a grandchild (behind a value node), so its
+/// registration links the grandchild into the child, and the walk reaches it through the
+/// child it queued. (A waiter on a direct child is model 19.)
+#[test]
+fn cancel_vs_done_registration_on_a_grandchild() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (ctx, guard) = root.with_cancel();
+        let (child, _child_guard) = ctx.with_cancel();
+        let (grandchild, _grandchild_guard) = child.with_value(1u8).with_cancel();
+        let on_grandchild = thread::spawn(move || loom::future::block_on(grandchild.done()));
+        guard.cancel();
+        assert_eq!(on_grandchild.join().unwrap(), Error::Canceled);
     });
 }
 
@@ -543,7 +560,7 @@ fn no_wake() -> std::task::Waker {
     std::task::Waker::from(std::sync::Arc::new(NoWake))
 }
 
-/// Model 18: the std clock's timer thread falls asleep while another thread schedules an
+/// Model S1: the std clock's timer thread falls asleep while another thread schedules an
 /// earlier timer into another shard (the real `schedule` and timer-thread code, on loom's
 /// primitives, with the thread's time standing still). The thread last slept until 1, it is
 /// now 2 and nothing is pending: it must not sleep past the new timer at 5. Either its
@@ -574,7 +591,7 @@ fn std_clock_schedule_vs_timer_thread_falling_asleep() {
     });
 }
 
-/// Model 19: two threads schedule into two shards (5, then an earlier 3) while the timer
+/// Model S2: two threads schedule into two shards (5, then an earlier 3) while the timer
 /// thread scans, sleeps until the earliest timer it saw and is kicked (under loom a timed
 /// sleep ends only by a kick). Whatever the order, the thread ends up knowing about 3: it
 /// never sleeps towards 5 (or for ever) while 3 is pending without a kick on its way, however
@@ -601,5 +618,337 @@ fn std_clock_two_shards_schedule_while_the_timer_thread_sleeps() {
         timer_thread.join().unwrap();
         timers.cancel(early);
         timers.cancel(late);
+    });
+}
+
+// Models 18-25 (issue #8): attach on demand and the merged state/count word.
+//
+// A `with_cancel` child is born DETACHED (not in its scope's `children`); readers of a
+// detached node also read its scope's word and the first that sees it done settles the node
+// (one compare-exchange); anything registered on a node (a child, a waiter, a callback, a
+// timer) links it first; and a guard dropped on a leaf with nothing registered cancels and
+// releases in one compare-exchange (`complete_and_release`). Each model below was run
+// against a deliberate mutation of that protocol and failed (TESTING.md lists them).
+
+/// Which error a context reports and, once done, which cause.
+fn outcome(ctx: &Context) -> Option<(Error, &'static str)> {
+    ctx.err().map(|err| (err, cause_name(ctx)))
+}
+
+/// The explicit cause a context reports, `None` while it is live.
+fn cause_if_done(ctx: &Context) -> Option<&'static str> {
+    ctx.cause().map(|_| cause_name(ctx))
+}
+
+/// The body of models 18a and 18b: a detached leaf completed by its own guard (`own`) while
+/// its parent is cancelled with cause A and a third thread reads the leaf's cause (which
+/// settles the leaf if it sees the parent done first). The first completion of the leaf's
+/// word wins: the parent's (copied by a reader, or by the guard's own scope check) or the
+/// guard's. The reader reads twice: once `Some`, the cause never changes, and it is the one
+/// every later reader sees. The leaf is done when the parent's cancel returns. If the guard's
+/// thread had seen the parent done before completing the leaf, the parent came first and
+/// the leaf reports A.
+fn detached_leaf_completion_race(own: fn(CancelGuard), own_cause: &'static str) {
+    model(PREEMPTIONS, move || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        let p = parent.clone();
+        let completer = thread::spawn(move || {
+            let parent_was_done = p.is_done();
+            own(leaf_guard);
+            parent_was_done
+        });
+        let l = leaf.clone();
+        let reader = thread::spawn(move || {
+            let first = cause_if_done(&l);
+            let second = cause_if_done(&l);
+            if first.is_some() {
+                assert_eq!(first, second, "cause() changed once Some");
+            }
+            second
+        });
+        parent_guard.cancel_with(CauseA);
+        assert!(leaf.is_done(), "the leaf is live after its parent's cancel returned");
+        let parent_was_done = completer.join().unwrap();
+        let seen_by_reader = reader.join().unwrap();
+        assert_eq!(leaf.err(), Some(Error::Canceled));
+        let last = cause_name(&leaf);
+        assert!(last == "A" || last == own_cause, "{last}");
+        if parent_was_done {
+            assert_eq!(last, "A", "the leaf's own completion won over an earlier parent's");
+        }
+        if let Some(seen) = seen_by_reader {
+            assert_eq!(seen, last, "a reader saw another cause than the final one");
+        }
+    });
+}
+
+/// Model 18a: a detached leaf's guard dropped (`complete_and_release`: cancel and release in
+/// one compare-exchange) while its parent is cancelled and a third thread reads the leaf.
+#[test]
+fn detached_leaf_guard_drop_vs_parent_cancel_vs_reader() {
+    detached_leaf_completion_race(drop, "Canceled");
+}
+
+/// Model 18b: as 18a, with the leaf cancelled with an explicit cause B (`complete` with a
+/// cause: written under the leaf's lock, published by the transition).
+#[test]
+fn detached_leaf_cancel_with_cause_vs_parent_cancel_vs_reader() {
+    detached_leaf_completion_race(|guard| guard.cancel_with(CauseB), "B");
+}
+
+/// Model 19: a task waiting on a detached leaf (`done()`: listen, link, set WAITERS) while
+/// the parent is cancelled: either the leaf is linked before the parent's walk takes the
+/// parent's lock (the walk marks it and wakes the waiter), or linking finds the parent done
+/// and settles the leaf (the waiter resolves at once). A lost wake-up is loom's deadlock.
+#[test]
+fn detached_leaf_done_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let waiter = thread::spawn(move || loom::future::block_on(leaf.done()));
+        parent_guard.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// Model 20: a blocking `wait()` on a detached leaf while the leaf's own guard is dropped:
+/// the waiter links the leaf and sets WAITERS, so the guard's one-compare-exchange path
+/// (`complete_and_release`) must see WAITERS and take the general path that notifies.
+#[test]
+fn detached_leaf_blocking_wait_vs_guard_drop() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, _parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        let waiter = thread::spawn(move || leaf.wait());
+        drop(leaf_guard);
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// Model 20b: a blocking `wait()` on a detached leaf while the parent is cancelled (the
+/// blocking twin of model 19: listen, link, set WAITERS, park on loom's condition variable).
+#[test]
+fn detached_leaf_blocking_wait_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let waiter = thread::spawn(move || leaf.wait());
+        parent_guard.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// Model 21: a grandchild created under a detached leaf (which links the leaf: a node with a
+/// detached child must be linked itself, so that its word is authoritative for the child)
+/// while the parent is cancelled with cause A. A child of a done parent is done: the leaf is
+/// done when the cancel returns, the grandchild once both the cancel and its creation
+/// returned, and both report A.
+#[test]
+fn grandchild_of_a_detached_leaf_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let l = leaf.clone();
+        let maker = thread::spawn(move || l.with_cancel());
+        parent_guard.cancel_with(CauseA);
+        assert!(leaf.is_done(), "the leaf is live after its parent's cancel returned");
+        let (grandchild, _grandchild_guard) = maker.join().unwrap();
+        assert_eq!(
+            outcome(&grandchild),
+            Some((Error::Canceled, "A")),
+            "grandchild of a done parent"
+        );
+        assert_eq!(outcome(&leaf), Some((Error::Canceled, "A")));
+    });
+}
+
+/// Model 21b (found a bug, fixed: `is_done` settles like `err`): `is_done()` must not go
+/// back to `false`, and `err()` must be `Some` once `is_done()` said true (as Go's `Err` is
+/// non-nil once `Done` is closed). A third thread reads the leaf while the grandchild's
+/// creation links it and the parent is cancelled. The interleaving loom finds:
+///
+/// 1. maker: `link` → `parent.lock_links()` takes the parent's lock and sees it live;
+/// 2. main: the parent's transition (live → canceled) wins; its walk waits for the lock;
+/// 3. reader: `leaf.is_done()` sees the leaf DETACHED and its scope done: `true`, without
+///    settling the leaf (only `err`/`cause` settle);
+/// 4. maker: the compare-exchange clearing DETACHED succeeds on the still-live leaf, which is
+///    pushed into `children`;
+/// 5. reader: `leaf.err()` reads a linked, live word: `None` (and `is_done()` is `false`)
+///    until the walk, once the maker releases the lock, marks the leaf.
+///
+/// `is_done` settling like `err` does (e.g. `|| (s & DETACHED != 0 && self.err_detached()
+/// .is_some())`) makes this model pass (60,240 executions, 4 s at bound 3): a reader that saw
+/// the scope done has then completed the leaf's word, so the link's compare-exchange fails.
+#[test]
+fn is_done_of_a_detached_leaf_never_goes_back() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let l = leaf.clone();
+        let maker = thread::spawn(move || l.with_cancel());
+        let l = leaf.clone();
+        let reader = thread::spawn(move || {
+            if l.is_done() {
+                assert!(l.err().is_some(), "is_done() was true, then err() None");
+                assert!(l.is_done(), "is_done() went back to false");
+            }
+        });
+        parent_guard.cancel_with(CauseA);
+        drop(maker.join().unwrap());
+        reader.join().unwrap();
+    });
+}
+
+/// Model 22: `after_func` registered on a detached leaf (which links it) while the parent is
+/// cancelled: `f` runs exactly once, by the parent's walk or inline (the leaf was done).
+#[test]
+fn after_func_on_a_detached_leaf_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let registrar = thread::spawn(move || {
+            leaf.after_func(move || {
+                r.fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        parent_guard.cancel();
+        let handle = registrar.join().unwrap();
+        assert_eq!(runs.load(Ordering::Relaxed), 1, "f must run exactly once");
+        assert!(!handle.stop());
+    });
+}
+
+/// Model 22b: a deadline child created under a detached leaf (its timer is registered on the
+/// leaf's scope chain: `attach` links the leaf first) while the parent is cancelled: the
+/// deadline child is done once both returned, with the parent's cause, and its timer is not
+/// left on the clock (released by the walk, or handed back because it was born done).
+#[test]
+fn deadline_child_of_a_detached_leaf_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, _leaf_guard) = parent.with_cancel();
+        let maker = thread::spawn(move || leaf.with_deadline(Instant::from_nanos(10)));
+        parent_guard.cancel_with(CauseA);
+        let (child, _child_guard) = maker.join().unwrap();
+        assert_eq!(outcome(&child), Some((Error::Canceled, "A")), "deadline child left live");
+        assert_eq!(clock.pending_timers(), 0, "timer of a done context left on the clock");
+    });
+}
+
+/// Model 23: the merged count. Another thread clones and drops the leaf's handles while the
+/// leaf's guard is dropped (`complete_and_release`: completion and release in one
+/// compare-exchange on the word that holds the count) and the parent is cancelled (a reader
+/// may settle the leaf: another compare-exchange on that word). Every count change must
+/// survive: a lost increment frees the node under a live handle (a double free, or a use
+/// after free only the ASan run sees), a lost decrement leaks it (loom's "Arc leaked": the
+/// node holds the root's `Arc`). The last handle may be any of the three.
+#[test]
+fn merged_count_clone_drop_vs_guard_drop_vs_parent_cancel() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        let handles = thread::spawn(move || {
+            let clone = leaf.clone();
+            drop(leaf);
+            let err = clone.err();
+            drop(clone);
+            err
+        });
+        let dropper = thread::spawn(move || drop(leaf_guard));
+        parent_guard.cancel();
+        dropper.join().unwrap();
+        let err = handles.join().unwrap();
+        assert!(err.is_none() || err == Some(Error::Canceled));
+        drop(parent);
+        drop(root);
+    });
+}
+
+/// Model 24 (found a bug, fixed: `NOT_LINKED` is the walk's last access, Release/Acquire):
+/// the last handle of a linked
+/// leaf dropped while its parent's walk drains the parent's `children`. The release path
+/// (`free_node`) reads the leaf's `slot` without the parent's lock and skips the lock when it
+/// reads `NOT_LINKED`; but the walk stores `NOT_LINKED` first and then keeps using the leaf
+/// under the lock (`transition`, `upgrade`, a state load):
+///
+/// 1. main: the parent's walk takes the parent's lock, stores `NOT_LINKED` in the leaf's slot;
+/// 2. dropper: the leaf's last handle drops; `free_node` reads `NOT_LINKED`, skips the lock
+///    and frees the leaf;
+/// 3. main: the walk's `child.transition(..)` (a compare-exchange on the leaf's word) runs on
+///    freed memory.
+///
+/// Loom alone cannot see a use after free of a plain `Box`, so the dropper allocates a node of
+/// the same size right away: the allocator hands out the leaf's block again and the walk's
+/// compare-exchange lands on the new node's word, which loom reports as "Causality violation:
+/// Concurrent load and mut accesses" (in `Walk::visit`), and which in a release build would
+/// cancel that unrelated context. The ASan run (see the top) reports the heap-use-after-free
+/// in `Walk::visit` directly. Storing `NOT_LINKED` as the last access of each child in
+/// `visit` (`Release`) and reading it with `Acquire` in `free_node` makes both pass (213
+/// executions, 27 ms). Also checks the count and lock protocol: no deadlock, nothing leaked,
+/// the sibling still cancelled by the walk.
+#[test]
+fn last_handle_drop_of_a_linked_leaf_vs_parent_walk() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        leaf_guard.detach();
+        // A child links the leaf into `parent.children` (slot 0); then the child goes.
+        drop(leaf.with_cancel());
+        let (sibling, _sibling_guard) = parent.with_cancel();
+        drop(sibling.with_cancel()); // slot 1
+        let (other_parent, _other_parent_guard) = root.with_cancel();
+        let dropper = thread::spawn(move || {
+            drop(leaf);
+            // A node of the same size, allocated at once: the allocator may hand out the
+            // leaf's block again (glibc's does), so a walk that still uses the freed leaf
+            // would cancel this unrelated context.
+            let (other, other_guard) = other_parent.with_cancel();
+            assert!(!other.is_done(), "an unrelated context was cancelled by the parent's walk");
+            drop((other, other_guard));
+        });
+        parent_guard.cancel();
+        assert!(sibling.is_done());
+        dropper.join().unwrap();
+        drop(parent);
+    });
+}
+
+/// Model 25: two threads link the same detached leaf at once (each creates a grandchild), so
+/// one of them finds it linked already when it holds the parent's lock and must not push it
+/// a second time. A leaf listed twice would leave a dangling pointer in the parent's
+/// `children` once the leaf is freed (its release removes one entry), which the parent's walk
+/// then follows. Loom alone cannot see that use after free, so the leaf's block is handed
+/// out again at once (the same-sized node allocated right after it is freed, as glibc's
+/// allocator does): a walk following the dangling pointer then cancels that unrelated
+/// context, or loom reports the unsynchronized access. Under the ASan run the use after free
+/// is reported directly.
+#[test]
+fn two_threads_link_the_same_detached_leaf() {
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (parent, parent_guard) = root.with_cancel();
+        let (leaf, leaf_guard) = parent.with_cancel();
+        let (a, b) = (leaf.clone(), leaf.clone());
+        let first = thread::spawn(move || a.with_cancel());
+        let second = b.with_cancel();
+        let first = first.join().unwrap();
+        drop((first, second, leaf_guard, b));
+        drop(leaf); // the last handle: the leaf is freed and removed from `children`
+        let (unrelated, _unrelated_guard) = root.with_cancel();
+        parent_guard.cancel();
+        assert!(!unrelated.is_done(), "the parent's walk reached a context it never had");
     });
 }
