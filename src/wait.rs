@@ -368,7 +368,6 @@ impl Context {
 #[cfg(feature = "std")]
 mod blocking {
     use core::time::Duration;
-    use event_listener::Listener;
 
     use super::*;
 
@@ -426,20 +425,25 @@ mod blocking {
                     }
                 }
             };
+            // The relay waiter, not event-listener's blocking `wait`: the thread is unparked
+            // after the notification has released the event's lock (see `Waiter::wait`).
+            let mut waiter = RelayWaiter::default();
             loop {
                 if let Some(err) = node.err() {
                     return Some(err);
                 }
-                let listener = node.event.listen();
-                // memory ordering: as in `poll_node`.
-                let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
-                if let Some(err) = state::error_of(old) {
-                    return Some(err);
+                if !waiter.is_listening() {
+                    waiter.listen(&node.event);
+                    // memory ordering: as in `poll_node`.
+                    let old = node.state.fetch_or(WAITERS, Ordering::AcqRel);
+                    if let Some(err) = state::error_of(old) {
+                        return Some(err);
+                    }
                 }
                 match deadline {
-                    None => listener.wait(),
+                    None => waiter.wait(),
                     Some(deadline) => {
-                        if listener.wait_deadline(deadline).is_none() {
+                        if !waiter.wait_deadline(deadline) {
                             return node.err();
                         }
                     }

@@ -781,6 +781,95 @@ fn wait_timeout_small_on_live_context_returns_none() {
     assert_eq!(clock.pending_timers(), 1);
 }
 
+/// Unparks `thread` many times, with pauses in which it can park again, while its blocking
+/// wait must go on: a blocking wait parks the thread, and `park` also returns on unparks
+/// meant for something else (and spuriously).
+fn spam_unparks(thread: &thread::Thread) {
+    for _ in 0..200 {
+        thread.unpark();
+        thread::sleep(Duration::from_micros(50));
+    }
+}
+
+#[test]
+fn blocking_waits_ignore_spurious_unparks() {
+    let (ctx, guard) = Context::unclocked().with_cancel();
+    let (child, _g) = ctx.with_value(Key).with_cancel();
+    let waiters = [
+        thread::spawn({
+            let ctx = ctx.clone();
+            move || Some(ctx.wait())
+        }),
+        thread::spawn({
+            let child = child.clone();
+            move || child.wait_timeout(HOUR)
+        }),
+        thread::spawn(move || ctx.wait_timeout(BOUND)),
+    ];
+    thread::sleep(CHANCE);
+    for waiter in &waiters {
+        spam_unparks(waiter.thread());
+    }
+    for (i, waiter) in waiters.iter().enumerate() {
+        assert!(!waiter.is_finished(), "an unpark ended wait #{i} early");
+    }
+    guard.cancel();
+    for waiter in waiters {
+        assert_eq!(waiter.join().unwrap(), Some(Error::Canceled));
+    }
+}
+
+#[test]
+fn a_stale_unpark_token_does_not_end_a_blocking_wait() {
+    // A token left by an earlier unpark makes the first park return at once.
+    let (ctx, guard) = Context::unclocked().with_cancel();
+    thread::current().unpark();
+    let canceller = cancel_later(guard, Why(12));
+    assert_eq!(ctx.wait_timeout(HOUR), Some(Error::Canceled));
+    canceller.join().unwrap();
+
+    // A timed wait ends at its timeout, not at an unpark (real time, as documented; the
+    // bound asserted is the one the API promises).
+    let (ctx, _guard) = Context::unclocked().with_cancel();
+    let timeout = Duration::from_millis(20);
+    thread::current().unpark();
+    let start = std::time::Instant::now();
+    assert_eq!(ctx.wait_timeout(timeout), None);
+    assert!(start.elapsed() >= timeout, "returned before its timeout");
+}
+
+/// Blocking waiters on several nodes of one completion walk, together with async waiters on
+/// the same nodes, are all woken (the blocking ones through the same deferred relay).
+#[test]
+fn blocking_and_async_waiters_of_one_walk_are_all_woken() {
+    let (clock, root) = clocked();
+    let (ctx, _guard) = root.with_timeout(Duration::from_secs(1));
+    let (child, _g1) = ctx.with_cancel();
+    let (grandchild, _g2) = child.with_value(Key).with_cancel();
+    let (counter, waker) = counting_waker();
+    let mut futures: Vec<_> = [&ctx, &child, &grandchild].map(|c| c.done_owned()).into();
+    for f in &mut futures {
+        assert!(Pin::new(f).poll(&mut TaskContext::from_waker(&waker)).is_pending());
+    }
+    let waiters: Vec<_> = [&ctx, &child, &grandchild, &ctx, &grandchild]
+        .into_iter()
+        .map(|c| {
+            let c = c.clone();
+            thread::spawn(move || c.wait_timeout(BOUND))
+        })
+        .collect();
+    thread::sleep(CHANCE);
+    clock.advance(Duration::from_secs(1));
+    for waiter in waiters {
+        assert_eq!(waiter.join().unwrap(), Some(Error::DeadlineExceeded));
+    }
+    assert_eq!(counter.wakes(), 3);
+    for f in &mut futures {
+        let polled = Pin::new(f).poll(&mut TaskContext::from_waker(&waker));
+        assert_eq!(polled, Poll::Ready(Error::DeadlineExceeded));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // No lost wake-ups
 // ---------------------------------------------------------------------------------------
