@@ -203,10 +203,12 @@ fn cancel_vs_done_registration() {
     });
 }
 
-/// Model 5: Blocking `wait()` against a cancel. With event-listener's `loom` feature, `parking`
-/// parks on loom's mutex and condition variable, so the real blocking path is modelled
-/// (only `wait_timeout` is not: parking has no timeouts under loom). A lost wake-up leaves
-/// the waiter parked forever, which loom reports as a deadlock.
+/// Model 5: Blocking `wait()` against a cancel. The blocking path polls its listener with a
+/// relay that unparks the thread, then parks (`relay::Waiter::wait`); under loom the park
+/// and unpark are loom's, so the real blocking path is modelled (only `wait_timeout` is not:
+/// loom has no timed park). A lost wake-up leaves the waiter parked forever, which loom
+/// reports as a deadlock. Mutation: parking before the first poll (no relay registered)
+/// fails with a deadlock.
 #[test]
 fn cancel_vs_blocking_wait() {
     model(PREEMPTIONS, || {
@@ -531,3 +533,4 @@ fn after_func_on_a_context_being_cancelled_sees_the_subtree_done() {
         assert_eq!(seen.load(Ordering::Relaxed), 1);
     });
 }
+
