@@ -304,14 +304,7 @@ impl Waiter {
         if self.listener.is_none() {
             return true;
         }
-        let me = thread::current();
-        let current = matches!(
-            &self.relay,
-            Some((relay, _)) if matches!(&relay.target, Target::Thread(t) if t.id() == me.id())
-        );
-        if !current {
-            self.set_relay(Target::Thread(me));
-        }
+        self.relay = Some(thread_relay());
         loop {
             if self.poll_listener().is_ready() {
                 return true;
@@ -329,6 +322,31 @@ impl Waiter {
             }
         }
     }
+}
+
+/// The relay that unparks the current thread (and a waker for it): one per thread, made on
+/// its first blocking wait and shared by all of them (a thread blocks in one wait at a time;
+/// an unpark a later wait did not ask for is a spurious one, which `block` absorbs).
+#[cfg(all(feature = "std", not(loom)))]
+fn thread_relay() -> (Arc<Relay>, Waker) {
+    fn new() -> (Arc<Relay>, Waker) {
+        let relay = Arc::new(Relay { target: Target::Thread(crate::sync::thread::current()) });
+        let waker = Waker::from(relay.clone());
+        (relay, waker)
+    }
+    std::thread_local! {
+        static THREAD_RELAY: (Arc<Relay>, Waker) = new();
+    }
+    // While this thread's locals are being destroyed: a relay of its own.
+    THREAD_RELAY.try_with(Clone::clone).unwrap_or_else(|_| new())
+}
+
+/// Under loom the model's threads share the OS thread's thread-locals: a relay per wait.
+#[cfg(all(feature = "std", loom))]
+fn thread_relay() -> (Arc<Relay>, Waker) {
+    let relay = Arc::new(Relay { target: Target::Thread(crate::sync::thread::current()) });
+    let waker = Waker::from(relay.clone());
+    (relay, waker)
 }
 
 impl Drop for Waiter {

@@ -838,6 +838,31 @@ fn a_stale_unpark_token_does_not_end_a_blocking_wait() {
     assert!(start.elapsed() >= timeout, "returned before its timeout");
 }
 
+/// One thread's blocking waits share one unparking relay: waits in a row (contexts and a
+/// wait group, some timing out) each end with their own event.
+#[test]
+fn one_thread_waits_many_times_in_a_row() {
+    let (tx, rx) = mpsc::channel::<CancelGuard>();
+    let canceller = thread::spawn(move || rx.into_iter().for_each(|guard| guard.cancel()));
+    let wg = cancelctx::WaitGroup::new();
+    for i in 0..200 {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        if i % 3 == 0 {
+            assert_eq!(ctx.wait_timeout(Duration::from_micros(10)), None, "#{i}");
+        }
+        if i % 5 == 0 {
+            let unit = wg.add();
+            let finisher = thread::spawn(move || drop(unit));
+            assert!(wg.wait_timeout(BOUND), "#{i}");
+            finisher.join().unwrap();
+        }
+        tx.send(guard).unwrap();
+        assert_eq!(ctx.wait(), Error::Canceled, "#{i}");
+    }
+    drop(tx);
+    canceller.join().unwrap();
+}
+
 /// Blocking waiters on several nodes of one completion walk, together with async waiters on
 /// the same nodes, are all woken (the blocking ones through the same deferred relay).
 #[test]
