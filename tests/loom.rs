@@ -533,4 +533,3 @@ fn after_func_on_a_context_being_cancelled_sees_the_subtree_done() {
         assert_eq!(seen.load(Ordering::Relaxed), 1);
     });
 }
-
