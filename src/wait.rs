@@ -377,6 +377,10 @@ mod blocking {
         /// On a context that can never be done this blocks forever, like receiving from Go's
         /// `Background().Done()`.
         ///
+        /// The thread waits in [`std::thread::park`]; the completing thread unparks it. Unparks
+        /// meant for something else do not end the wait, and the unpark of a wait may reach a
+        /// later `park` of the same thread (a spurious wake-up, which `park`'s contract allows).
+        ///
         /// ```
         /// use cancelctx::{Context, Error};
         /// let (ctx, guard) = Context::unclocked().with_cancel();
