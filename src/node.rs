@@ -43,8 +43,6 @@ use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
-use event_listener::Event;
-
 use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
@@ -52,6 +50,7 @@ use crate::state::{self, CAUSE, FINISHED, INHERITED, LINKS, WAITERS};
 use crate::sync::{Arc, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
+use crate::waiters::WaitList;
 
 /// `slot` of a node that is not in its scope's `children`.
 pub(crate) const NOT_LINKED: u32 = u32::MAX;
@@ -70,8 +69,8 @@ pub(crate) struct CancelNode {
     slot: AtomicU32,
     /// Everything that is registered on the node, allocated on first use.
     inner: Mutex<Option<Box<Inner>>>,
-    /// Waiters (`done()`, `wait()`), woken once on completion. Allocates on first listen.
-    pub(crate) event: Event,
+    /// Waiters (`done()`, `wait()`), woken once on completion; one word, see `waiters.rs`.
+    pub(crate) waiters: WaitList,
     /// The context this one was made from: values, the clock and the scope are found
     /// through it, and it keeps them alive.
     pub(crate) parent: Context,
@@ -285,7 +284,7 @@ impl CancelNode {
             state: AtomicU32::new(state::LIVE),
             slot: AtomicU32::new(NOT_LINKED),
             inner: Mutex::new(None),
-            event: Event::new(),
+            waiters: WaitList::new(),
             parent,
             meta,
         }
@@ -624,9 +623,9 @@ impl Walk {
                 clock.get().cancel(key);
                 None
             }
-            // The wakers run after the notification (outside event-listener's lock); their
-            // first panic is returned, not resumed, and counts as this effect's panic.
-            Effect::Wake(node) => crate::relay::notify_all_caught(&node.event),
+            // The wakers run outside the list's lock; their first panic is returned, not
+            // resumed, and counts as this effect's panic.
+            Effect::Wake(node) => node.waiters.wake_all_caught(),
             Effect::Call(callback) => {
                 callback.run_claimed();
                 None

@@ -1,5 +1,6 @@
-//! The one way every waiter of the crate (a context's `Done` futures and blocking waits,
-//! `WaitGroup` and `Group` waiters) waits on an `event_listener::Event` without handing it the task's waker.
+//! The one way the crate's waiters on an `event_listener::Event` (`WaitGroup` and `Group`
+//! waiters, async and blocking; a context's waiters have their own list, `crate::waiters`)
+//! wait on it without handing it the task's waker.
 //!
 //! event-listener calls a listener's waker while it holds the event's list lock. A user waker
 //! that panics there unwinds through event-listener mid-notification (the remaining listeners
@@ -11,14 +12,12 @@
 //! crate call into an event is in progress: it only parks the relay on this thread's deferred
 //! list, and [`deferred_wakes`] (wrapped around every such call: notifications, listener
 //! drops) wakes the tasks once event-listener has released its lock, each under
-//! `catch_unwind`. [`deferred_wakes`] then resumes the first panic; a context's completion
-//! walk uses [`notify_all_caught`] instead and adds that panic to its own collection, so it
-//! finishes its bookkeeping (other nodes' wakes, callbacks, references) before resuming.
+//! `catch_unwind`. [`deferred_wakes`] then resumes the first panic.
 //!
 //! A wake outside every crate call (event-listener never wakes on its own, so this is only a
 //! safety net) wakes the task at once and drops a panic of its waker (the hook printed it).
 //!
-//! Blocking waits (`wait`, `wait_timeout` of contexts, wait groups and groups) use the same
+//! Blocking waits (`wait_blocking`, `wait_timeout` of wait groups, groups at their limit) use the same
 //! path with a relay that unparks the waiting thread ([`Waiter::wait`]): deferred like a
 //! task's wake, the unpark comes after event-listener has released its lock, so the woken
 //! thread does not contend with the notifier for it (event-listener's own blocking wait is
@@ -194,12 +193,6 @@ pub(crate) fn notify_all(event: &Event) {
     deferred_wakes(|| event.notify(usize::MAX));
 }
 
-/// [`notify_all`] for a completion walk: returns the first panic of the wakers instead of
-/// resuming it, so the walk can finish first.
-pub(crate) fn notify_all_caught(event: &Event) -> Option<crate::panic::Payload> {
-    deferred_wakes_caught(|| event.notify(usize::MAX)).1
-}
-
 /// One waiter's registration on an event: the listener and the relay it is polled with.
 #[derive(Default)]
 pub(crate) struct Waiter {
@@ -225,13 +218,6 @@ impl Waiter {
         if let Some(listener) = self.listener.take() {
             deferred_wakes(|| drop(listener));
         }
-    }
-
-    /// Stops listening and releases the task's waker (the waiter is done: nothing will wake
-    /// it again).
-    pub(crate) fn release(&mut self) {
-        self.clear();
-        self.relay = None;
     }
 
     /// Polls the listener: `Ready` once notified (the listener is then gone), `Pending` with
@@ -339,6 +325,13 @@ fn thread_relay() -> (Arc<Relay>, Waker) {
     }
     // While this thread's locals are being destroyed: a relay of its own.
     THREAD_RELAY.try_with(Clone::clone).unwrap_or_else(|_| new())
+}
+
+/// A waker that unparks the current thread (after event-listener released its lock, if it
+/// is woken by a notification): for the blocking waits on a context's own waiter list.
+#[cfg(feature = "std")]
+pub(crate) fn thread_waker() -> Waker {
+    thread_relay().1
 }
 
 /// Under loom the model's threads share the OS thread's thread-locals: a relay per wait.

@@ -533,3 +533,36 @@ fn after_func_on_a_context_being_cancelled_sees_the_subtree_done() {
         assert_eq!(seen.load(Ordering::Relaxed), 1);
     });
 }
+
+/// Model 18: the context's own waiter list (`src/waiters.rs`): one waiter links, polls pending
+/// and unlinks (drops its future) while a second one waits and a cancel drains the list. The
+/// second waiter is always woken (loom reports a deadlock otherwise), and the drop racing the
+/// drain is sound. Under loom the list's spin lock is a loom mutex (see `WaitList::lock`).
+/// Mutations, each failing with a deadlock (here and in models 4/5): a registration that
+/// finds its entry drained keeps waiting instead of resolving; the waiter sets WAITERS
+/// before linking its entry.
+#[test]
+fn waiter_list_link_and_unlink_vs_drain() {
+    use std::future::Future;
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (ctx, guard) = root.with_cancel();
+        let c = ctx.clone();
+        let dropper = thread::spawn(move || {
+            let waker = futures::task::noop_waker();
+            let mut done = c.done_owned();
+            let polled =
+                std::pin::Pin::new(&mut done).poll(&mut std::task::Context::from_waker(&waker));
+            drop(done);
+            polled
+        });
+        let waiter = thread::spawn(move || loom::future::block_on(ctx.done()));
+        guard.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        let polled = dropper.join().unwrap();
+        assert!(matches!(
+            polled,
+            std::task::Poll::Pending | std::task::Poll::Ready(Error::Canceled)
+        ));
+    });
+}
