@@ -1065,6 +1065,54 @@ fn no_lost_wakeup_dense_registration() {
     }
 }
 
+/// The completer wakes a context's waiters in batches, each after releasing the list's lock.
+/// A waker that drops every other waiter of the context inline (some already taken out with
+/// it, most still linked) must neither deadlock nor touch a freed entry, and the waiters it
+/// dropped before the drain reached them are not woken.
+#[test]
+fn a_waker_that_drops_the_other_waiters_mid_drain() {
+    use std::task::Wake;
+
+    struct Dropper(std::sync::Mutex<Vec<Pin<Box<cancelctx::DoneOwned>>>>);
+    impl Wake for Dropper {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    const OTHERS: usize = 200;
+    let (finished, watch) = mpsc::channel();
+    thread::spawn(move || {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        let (counter, counting) = counting_waker();
+        let mut others: Vec<_> = (0..OTHERS).map(|_| Box::pin(ctx.done_owned())).collect();
+        for other in &mut others {
+            let mut cx = TaskContext::from_waker(&counting);
+            assert!(other.as_mut().poll(&mut cx).is_pending());
+        }
+        let dropper = Arc::new(Dropper(std::sync::Mutex::new(others)));
+        let waker = Waker::from(dropper.clone());
+        // Registered last, so it is among the first the drain takes out.
+        let mut done = Box::pin(ctx.done_owned());
+        assert!(done.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending());
+        guard.cancel();
+        let polled = done.as_mut().poll(&mut TaskContext::from_waker(&waker));
+        finished.send((dropper.0.lock().unwrap().len(), counter.wakes(), polled)).unwrap();
+    });
+    match watch.recv_timeout(BOUND) {
+        Ok((left, wakes, polled)) => {
+            assert_eq!(left, 0);
+            assert!(wakes < OTHERS, "{wakes} of {OTHERS} dropped waiters were woken");
+            assert_eq!(polled, Poll::Ready(Error::Canceled));
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("cancelling deadlocked"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario thread panicked"),
+    }
+}
+
 /// A waker that polls another `done()` of the same context inline when woken (as a
 /// run-inline executor would), and starts and drops a fresh one: waking it must not deadlock
 /// on event-listener's lock, and both futures see the context done.
