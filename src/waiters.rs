@@ -75,10 +75,10 @@ pub(crate) struct Entry {
     waker: Cell<Option<Waker>>,
 }
 
-// SAFETY: every field of an `Entry` is accessed only under the lock of the `WaitList` it is
-// linked into, or through the `&mut` of its owning `Registration` while it is not linked and
-// no list can reach it; the lock's Acquire/Release orders those accesses between threads.
-// The `Waker` it holds is `Send + Sync`.
+// SAFETY: every field of an `Entry` is accessed only under the lock of the `WaitList` its
+// `Registration` links it into (by that registration, and by the completer that drains the
+// list); the lock's Acquire/Release orders those accesses between threads. The `Waker` it
+// holds is `Send + Sync`.
 unsafe impl Send for Entry {}
 // SAFETY: as above.
 unsafe impl Sync for Entry {}
@@ -239,13 +239,16 @@ pub(crate) enum Registered {
 /// registration and kept until the registration is dropped.
 #[derive(Default)]
 pub(crate) struct Registration {
-    entry: Option<Box<Entry>>,
+    /// The entry, from `Box::leak` (freed in `drop`). A raw pointer, not a `Box`: the
+    /// list holds pointers to it while the registration moves with its future, and moving
+    /// a `Box` asserts unique access to what it points to.
+    entry: Option<NonNull<Entry>>,
     /// The list the entry was linked into (the node outlives the registration).
     list: Option<NonNull<WaitList>>,
 }
 
 // SAFETY: `list` points into a node that the owner of this registration keeps alive, and a
-// `WaitList` is `Sync`; the entry is `Send + Sync` (see `Entry`).
+// `WaitList` is `Sync`; the entry is owned (freed in `drop`) and `Send + Sync` (see `Entry`).
 unsafe impl Send for Registration {}
 // SAFETY: a shared `Registration` gives no access to anything (every method takes `&mut`).
 unsafe impl Sync for Registration {}
@@ -260,14 +263,17 @@ impl Registration {
     /// after it is released: user code (a waker's clone and drop) never runs under the lock.
     pub(crate) fn register(&mut self, list: &WaitList, waker: &Waker) -> Registered {
         debug_assert!(self.list.is_none_or(|l| ptr::eq(l.as_ptr(), list)));
-        let entry = self.entry.get_or_insert_with(|| {
-            Box::new(Entry {
+        let entry = *self.entry.get_or_insert_with(|| {
+            NonNull::from(Box::leak(Box::new(Entry {
                 prev: Cell::new(ptr::null_mut()),
                 next: Cell::new(ptr::null_mut()),
                 linked: Cell::new(false),
                 waker: Cell::new(None),
-            })
+            })))
         });
+        // SAFETY: the entry is ours until `drop` frees it; shared access to it is through
+        // `Cell`s under the list's lock (see `Entry`).
+        let entry = unsafe { entry.as_ref() };
         if self.list.is_none() {
             self.list = Some(NonNull::from(list));
             list.lock().push(entry);
@@ -298,11 +304,13 @@ impl Registration {
     /// Unlinks the entry (if linked) and forgets the list; the entry's allocation is kept
     /// for a later registration. The task's waker is dropped after the lock is released.
     pub(crate) fn release(&mut self) {
-        let (Some(list), Some(entry)) = (self.list.take(), self.entry.as_deref()) else {
+        let (Some(list), Some(entry)) = (self.list.take(), self.entry) else {
             return;
         };
         // SAFETY: the list lives in a node that the owner of this registration keeps alive.
         let list = unsafe { list.as_ref() };
+        // SAFETY: as in `register`.
+        let entry = unsafe { entry.as_ref() };
         let waker = {
             let mut locked = list.lock();
             if entry.linked.get() {
@@ -317,6 +325,11 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.release();
+        if let Some(entry) = self.entry.take() {
+            // SAFETY: from `Box::leak` in `register`, and no longer linked (`release`), so no
+            // list can reach it.
+            drop(unsafe { Box::from_raw(entry.as_ptr()) });
+        }
     }
 }
 
