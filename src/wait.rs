@@ -17,10 +17,12 @@ use crate::waiters::{Registered, Registration};
 
 /// Registers `registration` on `node` (once) and reports the error when the node is done.
 ///
-/// The protocol: link the entry, then `fetch_or(WAITERS)`. That read-modify-write is ordered
-/// with the completing compare-exchange on the same word: if it comes first, the completer
-/// sees WAITERS and wakes our (already linked) entry; if it comes second, it returns the done
-/// state and we resolve at once. No wake-up can be lost in between (see `crate::waiters`).
+/// The protocol: link the entry, then `fetch_or(WAITERS)`, then give the entry the waker.
+/// The `fetch_or` is ordered with the completing compare-exchange on the same word: if it
+/// comes first, the completer sees WAITERS and drains our (already linked) entry, waking the
+/// waker if we set it before, and otherwise we find the entry drained when we set it and
+/// resolve; if it comes second, it returns the done state and we resolve at once. No wake-up
+/// can be lost in between (see `crate::waiters`).
 fn poll_node(node: &CancelNode, registration: &mut Registration, waker: &Waker) -> Poll<Error> {
     if let Some(err) = node.err() {
         return Poll::Ready(err);
@@ -38,11 +40,12 @@ fn poll_node(node: &CancelNode, registration: &mut Registration, waker: &Waker) 
     }
     match registered {
         Registered::Pending => Poll::Pending,
-        // Woken: the completer drains only after the status is set.
-        Registered::Woken | Registered::New => match node.err() {
+        // The completer drains only after the status is set.
+        Registered::Woken => match node.err() {
             Some(err) => Poll::Ready(err),
             None => unreachable!("a waiter is drained only once its context is done"),
         },
+        Registered::New => unreachable!("a registration links its entry once"),
     }
 }
 

@@ -203,12 +203,12 @@ fn cancel_vs_done_registration() {
     });
 }
 
-/// Model 5: Blocking `wait()` against a cancel. The blocking path polls its listener with a
-/// relay that unparks the thread, then parks (`relay::Waiter::wait`); under loom the park
-/// and unpark are loom's, so the real blocking path is modelled (only `wait_timeout` is not:
+/// Model 5: Blocking `wait()` against a cancel. The blocking path registers a waker that
+/// unparks the thread in the context's waiter list, then parks; under loom the park and
+/// unpark are loom's, so the real blocking path is modelled (only `wait_timeout` is not:
 /// loom has no timed park). A lost wake-up leaves the waiter parked forever, which loom
-/// reports as a deadlock. Mutation: parking before the first poll (no relay registered)
-/// fails with a deadlock.
+/// reports as a deadlock. Mutation: a registration that finds its entry drained keeps
+/// waiting (fails with a deadlock).
 #[test]
 fn cancel_vs_blocking_wait() {
     model(PREEMPTIONS, || {
