@@ -257,6 +257,7 @@ mod tokio_util;
 pub mod tower;
 mod wait;
 mod wait_group;
+mod waiters;
 
 pub use after_func::AfterFunc;
 pub use context::{CancelGuard, Context};

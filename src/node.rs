@@ -52,8 +52,6 @@ use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
-use event_listener::Event;
-
 use crate::after_func::Callback;
 use crate::context::{release_chain, Context};
 use crate::error::{Cause, Error};
@@ -61,6 +59,7 @@ use crate::state::{self, CAUSE, DETACHED, FINISHED, INHERITED, LINKS, REF, WAITE
 use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::time::{ClockRef, Instant, TimerKey};
 use crate::timer::TimerWaker;
+use crate::waiters::WaitList;
 
 /// `link` of a node that is in no `children` list and has no scope pointer to keep.
 const NOT_LINKED: usize = usize::MAX;
@@ -113,8 +112,8 @@ pub(crate) struct CancelNode {
     link: AtomicUsize,
     /// Everything that is registered on the node, allocated on first use.
     inner: Mutex<Option<Box<Inner>>>,
-    /// Waiters (`done()`, `wait()`), woken once on completion. Allocates on first listen.
-    pub(crate) event: Event,
+    /// Waiters (`done()`, `wait()`), woken once on completion; one word, see `waiters.rs`.
+    pub(crate) waiters: WaitList,
     /// The context this one was made from: values, the clock and the scope are found
     /// through it, and it keeps them alive.
     pub(crate) parent: Context,
@@ -480,7 +479,7 @@ impl CancelNode {
             state: AtomicUsize::new(state::LIVE),
             link: AtomicUsize::new(NOT_LINKED),
             inner: Mutex::new(None),
-            event: Event::new(),
+            waiters: WaitList::new(),
             parent,
             meta,
         }
@@ -974,9 +973,9 @@ impl Walk {
                 clock.get().cancel(key);
                 None
             }
-            // The wakers run after the notification (outside event-listener's lock); their
-            // first panic is returned, not resumed, and counts as this effect's panic.
-            Effect::Wake(node) => crate::relay::notify_all_caught(&node.event),
+            // The wakers run outside the list's lock; their first panic is returned, not
+            // resumed, and counts as this effect's panic.
+            Effect::Wake(node) => node.waiters.wake_all_caught(),
             Effect::Call(callback) => {
                 callback.run_claimed();
                 None

@@ -1,5 +1,6 @@
-//! The one way every waiter of the crate (a context's `Done` futures, `WaitGroup` and
-//! `Group` waiters) waits on an `event_listener::Event` without handing it the task's waker.
+//! The one way the crate's waiters on an `event_listener::Event` (`WaitGroup` and `Group`
+//! waiters, async and blocking; a context's waiters have their own list, `crate::waiters`)
+//! wait on it without handing it the task's waker.
 //!
 //! event-listener calls a listener's waker while it holds the event's list lock. A user waker
 //! that panics there unwinds through event-listener mid-notification (the remaining listeners
@@ -11,12 +12,16 @@
 //! crate call into an event is in progress: it only parks the relay on this thread's deferred
 //! list, and [`deferred_wakes`] (wrapped around every such call: notifications, listener
 //! drops) wakes the tasks once event-listener has released its lock, each under
-//! `catch_unwind`. [`deferred_wakes`] then resumes the first panic; a context's completion
-//! walk uses [`notify_all_caught`] instead and adds that panic to its own collection, so it
-//! finishes its bookkeeping (other nodes' wakes, callbacks, references) before resuming.
+//! `catch_unwind`. [`deferred_wakes`] then resumes the first panic.
 //!
 //! A wake outside every crate call (event-listener never wakes on its own, so this is only a
 //! safety net) wakes the task at once and drops a panic of its waker (the hook printed it).
+//!
+//! Blocking waits (`wait_blocking`, `wait_timeout` of wait groups, groups at their limit) use the same
+//! path with a relay that unparks the waiting thread ([`Waiter::wait`]): deferred like a
+//! task's wake, the unpark comes after event-listener has released its lock, so the woken
+//! thread does not contend with the notifier for it (event-listener's own blocking wait is
+//! unparked under the lock and costs about 5x a bare `park`/`unpark` round trip).
 //!
 //! Without `std` there are no thread-locals and no `catch_unwind`: the relay wakes the task
 //! directly, under event-listener's lock, so a re-entrant waker deadlocks there and a panic
@@ -33,15 +38,27 @@ use core::task::{Context as TaskContext, Poll, Waker};
 
 use event_listener::{Event, EventListener};
 
-/// The waker event-listener holds: it forwards to one task waker. A task that polls with a
-/// different waker gets a new relay (task wakers rarely change), so the relay needs no lock.
+/// The waker event-listener holds: it forwards to one task waker, or (a blocking wait) unparks
+/// one thread. A task that polls with a different waker gets a new relay (task wakers rarely
+/// change), so the relay needs no lock.
 pub(crate) struct Relay {
-    task: Waker,
+    target: Target,
+}
+
+enum Target {
+    Task(Waker),
+    /// A thread blocked in [`Waiter::wait`] / [`Waiter::wait_deadline`].
+    #[cfg(feature = "std")]
+    Thread(crate::sync::thread::Thread),
 }
 
 impl Relay {
     fn wake_task(&self) {
-        self.task.wake_by_ref();
+        match &self.target {
+            Target::Task(task) => task.wake_by_ref(),
+            #[cfg(feature = "std")]
+            Target::Thread(thread) => thread.unpark(),
+        }
     }
 }
 
@@ -176,12 +193,6 @@ pub(crate) fn notify_all(event: &Event) {
     deferred_wakes(|| event.notify(usize::MAX));
 }
 
-/// [`notify_all`] for a completion walk: returns the first panic of the wakers instead of
-/// resuming it, so the walk can finish first.
-pub(crate) fn notify_all_caught(event: &Event) -> Option<crate::panic::Payload> {
-    deferred_wakes_caught(|| event.notify(usize::MAX)).1
-}
-
 /// One waiter's registration on an event: the listener and the relay it is polled with.
 #[derive(Default)]
 pub(crate) struct Waiter {
@@ -209,26 +220,34 @@ impl Waiter {
         }
     }
 
-    /// Stops listening and releases the task's waker (the waiter is done: nothing will wake
-    /// it again).
-    pub(crate) fn release(&mut self) {
-        self.clear();
-        self.relay = None;
-    }
-
     /// Polls the listener: `Ready` once notified (the listener is then gone), `Pending` with
     /// the task's waker registered through the relay.
     pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let Some(listener) = self.listener.as_mut() else { return Poll::Ready(()) };
-        let relay = match &mut self.relay {
-            Some((relay, waker)) if relay.task.will_wake(cx.waker()) => waker,
-            slot => {
-                let relay = Arc::new(Relay { task: cx.waker().clone() });
-                let waker = Waker::from(relay.clone());
-                &mut slot.insert((relay, waker)).1
-            }
+        if self.listener.is_none() {
+            return Poll::Ready(());
+        }
+        let current = matches!(
+            &self.relay,
+            Some((relay, _)) if matches!(&relay.target, Target::Task(task) if task.will_wake(cx.waker()))
+        );
+        if !current {
+            self.set_relay(Target::Task(cx.waker().clone()));
+        }
+        self.poll_listener()
+    }
+
+    fn set_relay(&mut self, target: Target) {
+        let relay = Arc::new(Relay { target });
+        let waker = Waker::from(relay.clone());
+        self.relay = Some((relay, waker));
+    }
+
+    /// Polls the listener with the current relay.
+    fn poll_listener(&mut self) -> Poll<()> {
+        let (Some(listener), Some((_, waker))) = (self.listener.as_mut(), &self.relay) else {
+            return Poll::Ready(());
         };
-        let mut relay_cx = TaskContext::from_waker(relay);
+        let mut relay_cx = TaskContext::from_waker(waker);
         match Pin::new(listener).poll(&mut relay_cx) {
             Poll::Ready(()) => {
                 self.listener = None;
@@ -241,24 +260,86 @@ impl Waiter {
     /// Blocks the thread until notified (std).
     #[cfg(feature = "std")]
     pub(crate) fn wait(&mut self) {
-        use event_listener::Listener;
-        if let Some(listener) = self.listener.take() {
-            listener.wait();
-        }
+        let notified = self.block(None);
+        debug_assert!(notified);
     }
 
-    /// Blocks the thread until notified or `deadline`; `false` on timeout (std).
+    /// Blocks the thread until notified or `deadline`; `false` on timeout, and the listener
+    /// is dropped then (std).
     #[cfg(feature = "std")]
     pub(crate) fn wait_deadline(&mut self, deadline: std::time::Instant) -> bool {
-        use event_listener::Listener;
-        match self.listener.take() {
-            Some(listener) => match listener.wait_deadline(deadline) {
-                Some(()) => true,
-                None => false,
-            },
-            None => true,
+        self.block(Some(deadline))
+    }
+
+    /// The blocking wait: the listener is polled with a relay that unparks this thread, and
+    /// the thread parks until a poll finds it notified.
+    ///
+    /// Not event-listener's own `Listener::wait`: that one is unparked by the notifier while
+    /// the notifier holds the event's list lock, so the woken thread, which must take that
+    /// lock to remove its entry, contends with the notifier at once (a round trip costs
+    /// about 5x a bare `park`/`unpark`). A relay's wake is deferred like a task's (see the
+    /// module docs): the thread is unparked after event-listener has released its lock.
+    ///
+    /// `park` may return without an unpark, or because of an unpark meant for something
+    /// else this thread waited for earlier; the poll tells (it takes the list lock, which is
+    /// free by then). An unpark after the notification is consumed by a later park of this
+    /// thread, which the same loop (of whoever parks next) absorbs.
+    #[cfg(feature = "std")]
+    fn block(&mut self, deadline: Option<std::time::Instant>) -> bool {
+        use crate::sync::thread;
+        if self.listener.is_none() {
+            return true;
+        }
+        self.relay = Some(thread_relay());
+        loop {
+            if self.poll_listener().is_ready() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        self.clear();
+                        return false;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
         }
     }
+}
+
+/// The relay that unparks the current thread (and a waker for it): one per thread, made on
+/// its first blocking wait and shared by all of them (a thread blocks in one wait at a time;
+/// an unpark a later wait did not ask for is a spurious one, which `block` absorbs).
+#[cfg(all(feature = "std", not(loom)))]
+fn thread_relay() -> (Arc<Relay>, Waker) {
+    fn new() -> (Arc<Relay>, Waker) {
+        let relay = Arc::new(Relay { target: Target::Thread(crate::sync::thread::current()) });
+        let waker = Waker::from(relay.clone());
+        (relay, waker)
+    }
+    std::thread_local! {
+        static THREAD_RELAY: (Arc<Relay>, Waker) = new();
+    }
+    // While this thread's locals are being destroyed: a relay of its own.
+    THREAD_RELAY.try_with(Clone::clone).unwrap_or_else(|_| new())
+}
+
+/// A waker that unparks the current thread (after event-listener released its lock, if it
+/// is woken by a notification): for the blocking waits on a context's own waiter list.
+#[cfg(feature = "std")]
+pub(crate) fn thread_waker() -> Waker {
+    thread_relay().1
+}
+
+/// Under loom the model's threads share the OS thread's thread-locals: a relay per wait.
+#[cfg(all(feature = "std", loom))]
+fn thread_relay() -> (Arc<Relay>, Waker) {
+    let relay = Arc::new(Relay { target: Target::Thread(crate::sync::thread::current()) });
+    let waker = Waker::from(relay.clone());
+    (relay, waker)
 }
 
 impl Drop for Waiter {

@@ -5,7 +5,7 @@
 //!  bit  0-1  STATUS     0 = live, 1 = canceled, 2 = deadline exceeded     (set once)
 //!  bit  2    CAUSE      an explicit cause is stored in the node           (set with STATUS)
 //!  bit  3    INHERITED  completed by an ancestor: the cause is theirs     (set with STATUS)
-//!  bit  4    WAITERS    a listener may be registered on the node's Event  (set while live or after)
+//!  bit  4    WAITERS    a waiter may be linked in the node's waiter list (set while live or after)
 //!  bit  5    LINKS      children, callbacks or a timer were registered    (set while live)
 //!  bit  6    FINISHED   every descendant is done too: set with STATUS on a node without
 //!                       LINKS, on the walk's first node when the walk is over, and on

@@ -161,3 +161,19 @@ mod mutex {
         }
     }
 }
+
+/// Parking a thread, for the blocking waits (`crate::relay::Waiter::wait`). Under loom the
+/// model's threads park and unpark through loom, which has no timed park: a timed park is
+/// an untimed one there (no model waits with a timeout).
+#[cfg(feature = "std")]
+pub(crate) mod thread {
+    #[cfg(loom)]
+    pub(crate) use loom::thread::{current, park, Thread};
+    #[cfg(not(loom))]
+    pub(crate) use std::thread::{current, park, park_timeout, Thread};
+
+    #[cfg(loom)]
+    pub(crate) fn park_timeout(_timeout: core::time::Duration) {
+        park();
+    }
+}

@@ -4,49 +4,56 @@
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
-use core::task::{Context as TaskContext, Poll};
+use core::task::{Context as TaskContext, Poll, Waker};
 
 use futures_core::future::FusedFuture;
 
 use crate::context::Context;
 use crate::error::Error;
 use crate::node::CancelNode;
-use crate::relay::Waiter as RelayWaiter;
 use crate::state;
+use crate::waiters::{Registered, Registration};
 
-/// Registers `waiter` on `node` (once) and reports the error when the node is done.
+/// Registers `registration` on `node` (once) and reports the error when the node is done.
 ///
-/// The protocol: listen, then `fetch_or(WAITERS)`. That read-modify-write is ordered with
-/// the completing compare-exchange on the same word: if it comes first, the completer sees
-/// WAITERS and notifies our (already inserted) listener; if it comes second, it returns the
-/// done state and we resolve at once. No wake-up can be lost in between.
-fn poll_node(node: &CancelNode, waiter: &mut RelayWaiter, cx: &mut TaskContext<'_>) -> Poll<Error> {
-    loop {
-        if let Some(err) = node.err() {
+/// The protocol: link the entry, then `fetch_or(WAITERS)`, then give the entry the waker.
+/// The `fetch_or` is ordered with the completing compare-exchange on the same word: if it
+/// comes first, the completer sees WAITERS and drains our (already linked) entry, waking the
+/// waker if we set it before, and otherwise we find the entry drained when we set it and
+/// resolve; if it comes second, it returns the done state and we resolve at once. No wake-up
+/// can be lost in between (see `crate::waiters`).
+fn poll_node(node: &CancelNode, registration: &mut Registration, waker: &Waker) -> Poll<Error> {
+    if let Some(err) = node.err() {
+        return Poll::Ready(err);
+    }
+    let mut registered = registration.register(&node.waiters, waker);
+    if registered == Registered::New {
+        // Links a detached node first (its scope's completion must reach it), then sets
+        // WAITERS with AcqRel; see above. Release makes the entry's insertion (the list
+        // lock's release before it) visible to the completer that acquires this value.
+        let old = node.add_waiters_flag();
+        if let Some(err) = state::error_of(old) {
             return Poll::Ready(err);
         }
-        if !waiter.is_listening() {
-            waiter.listen(&node.event);
-            // memory ordering: AcqRel; see above. Release makes the listener's insertion
-            // visible to the completer that acquires this value.
-            let old = node.add_waiters_flag();
-            if let Some(err) = state::error_of(old) {
-                return Poll::Ready(err);
-            }
-        }
-        match waiter.poll(cx) {
-            // Notified: the state is done now; loop to read it.
-            Poll::Ready(()) => {}
-            Poll::Pending => return Poll::Pending,
-        }
+        // Live: now give the linked entry its waker.
+        registered = registration.register(&node.waiters, waker);
+    }
+    match registered {
+        Registered::Pending => Poll::Pending,
+        // The completer drains only after the status is set.
+        Registered::Woken => match node.err() {
+            Some(err) => Poll::Ready(err),
+            None => unreachable!("a waiter is drained only once its context is done"),
+        },
+        Registered::New => unreachable!("a registration links its entry once"),
     }
 }
 
-/// The state shared by [`Done`] and [`DoneOwned`]: the registration (a listener and the
-/// relay waker event-listener holds, see `crate::relay`) and whether the future resolved.
+/// The state shared by [`Done`] and [`DoneOwned`]: the registration (one entry in the node's
+/// waiter list, see `crate::waiters`) and whether the future resolved.
 #[derive(Default)]
 struct Waiter {
-    waiter: RelayWaiter,
+    registration: Registration,
     finished: bool,
 }
 
@@ -54,10 +61,10 @@ impl Waiter {
     fn poll(&mut self, ctx: &Context, cx: &mut TaskContext<'_>) -> Poll<Error> {
         // Never done: nothing to register, nothing to allocate.
         let Some(node) = ctx.scope() else { return Poll::Pending };
-        let result = poll_node(node, &mut self.waiter, cx);
+        let result = poll_node(node, &mut self.registration, cx.waker());
         if result.is_ready() {
             // Nothing stays registered, and the task's waker is released.
-            self.waiter.release();
+            self.registration.release();
             self.finished = true;
         }
         result
@@ -98,10 +105,10 @@ pub(crate) fn poll_until_done<F: Future>(
 ///
 /// On a context that can never be done it stays pending forever, at no cost: nothing is
 /// registered or allocated. Otherwise the first poll that finds the context live allocates
-/// one listener and a small relay waker (again if a later poll brings a different task
-/// waker). With `std` that relay keeps a panicking or re-entrant task waker from disturbing
-/// the other waiters: task wakers run after the notification, outside its lock (see
-/// [`CancelGuard::cancel`](crate::CancelGuard::cancel)); without `std` they run inside it.
+/// one entry in the context's waiter list (40 bytes on 64-bit targets), kept until the
+/// future is dropped; a later poll with a different task waker only swaps the waker. Task
+/// wakers run outside the list's lock, so a panicking or re-entrant task waker does not
+/// disturb the other waiters (see [`CancelGuard::cancel`](crate::CancelGuard::cancel)).
 /// Dropping the future unregisters it.
 ///
 /// ```
@@ -150,8 +157,10 @@ impl fmt::Debug for Done<'_> {
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct DoneOwned {
-    ctx: Context,
+    // Before `ctx`: the registration must leave the node's list before the context (which
+    // may be the last handle keeping the node alive) is dropped.
     waiter: Waiter,
+    ctx: Context,
 }
 
 impl Future for DoneOwned {
@@ -321,7 +330,7 @@ impl Context {
     /// assert!(pollster::block_on(done) == cancelctx::Error::Canceled);
     /// ```
     pub fn done_owned(&self) -> DoneOwned {
-        DoneOwned { ctx: self.clone(), waiter: Waiter::default() }
+        DoneOwned { waiter: Waiter::default(), ctx: self.clone() }
     }
 
     /// A future that resolves to `()` once the context is done; see [`Cancelled`]. Use it
@@ -367,7 +376,6 @@ impl Context {
 #[cfg(feature = "std")]
 mod blocking {
     use core::time::Duration;
-    use event_listener::Listener;
 
     use super::*;
 
@@ -376,6 +384,10 @@ mod blocking {
         ///
         /// On a context that can never be done this blocks forever, like receiving from Go's
         /// `Background().Done()`.
+        ///
+        /// The thread waits in [`std::thread::park`]; the completing thread unparks it. Unparks
+        /// meant for something else do not end the wait, and the unpark of a wait may reach a
+        /// later `park` of the same thread (a spurious wake-up, which `park`'s contract allows).
         ///
         /// ```
         /// use cancelctx::{Context, Error};
@@ -425,22 +437,23 @@ mod blocking {
                     }
                 }
             };
+            // The thread parks; the completer unparks it after releasing the list's lock.
+            let waker = crate::relay::thread_waker();
+            let mut registration = Registration::default();
             loop {
-                if let Some(err) = node.err() {
+                if let Poll::Ready(err) = poll_node(node, &mut registration, &waker) {
                     return Some(err);
                 }
-                let listener = node.event.listen();
-                // memory ordering: as in `poll_node`.
-                let old = node.add_waiters_flag();
-                if let Some(err) = state::error_of(old) {
-                    return Some(err);
-                }
+                // `park` also returns spuriously and for unparks meant for something else
+                // (or for an earlier wait of this thread): the next poll tells.
                 match deadline {
-                    None => listener.wait(),
+                    None => crate::sync::thread::park(),
                     Some(deadline) => {
-                        if listener.wait_deadline(deadline).is_none() {
+                        let now = std::time::Instant::now();
+                        if now >= deadline {
                             return node.err();
                         }
+                        crate::sync::thread::park_timeout(deadline - now);
                     }
                 }
             }

@@ -140,6 +140,40 @@ fn std_threads_first_error_and_wait_blocking() {
     assert_eq!(gauge.finished.load(Ordering::SeqCst), 6);
 }
 
+/// `go_thread` at the limit blocks its caller until a slot is free; unparks meant for
+/// something else (and spurious ones) must not start the member early.
+#[test]
+fn go_thread_at_the_limit_ignores_spurious_unparks() {
+    let group: Arc<Group<Tag>> = Arc::new(Group::new(&Context::unclocked()));
+    group.set_limit(Some(1));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    group.go_thread(move |_ctx| {
+        let _ = released.recv();
+        Ok(())
+    });
+    let started = Arc::new(AtomicUsize::new(0));
+    let caller = std::thread::spawn({
+        let (group, started) = (group.clone(), started.clone());
+        move || {
+            group.go_thread(move |_ctx| {
+                started.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    for _ in 0..200 {
+        caller.thread().unpark();
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+    assert!(!caller.is_finished(), "an unpark let go_thread past the limit");
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    release.send(()).unwrap();
+    caller.join().unwrap();
+    group.wait_blocking().unwrap();
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn smol_members_and_first_error() {
     smol::block_on(async {

@@ -220,10 +220,12 @@ fn cancel_vs_done_registration_on_a_grandchild() {
     });
 }
 
-/// Model 5: Blocking `wait()` against a cancel. With event-listener's `loom` feature, `parking`
-/// parks on loom's mutex and condition variable, so the real blocking path is modelled
-/// (only `wait_timeout` is not: parking has no timeouts under loom). A lost wake-up leaves
-/// the waiter parked forever, which loom reports as a deadlock.
+/// Model 5: Blocking `wait()` against a cancel. The blocking path registers a waker that
+/// unparks the thread in the context's waiter list, then parks; under loom the park and
+/// unpark are loom's, so the real blocking path is modelled (only `wait_timeout` is not:
+/// loom has no timed park). A lost wake-up leaves the waiter parked forever, which loom
+/// reports as a deadlock. Mutation: a registration that finds its entry drained keeps
+/// waiting (fails with a deadlock).
 #[test]
 fn cancel_vs_blocking_wait() {
     model(PREEMPTIONS, || {
@@ -950,5 +952,38 @@ fn two_threads_link_the_same_detached_leaf() {
         let (unrelated, _unrelated_guard) = root.with_cancel();
         parent_guard.cancel();
         assert!(!unrelated.is_done(), "the parent's walk reached a context it never had");
+    });
+}
+
+/// Model W1: the context's own waiter list (`src/waiters.rs`): one waiter links, polls pending
+/// and unlinks (drops its future) while a second one waits and a cancel drains the list. The
+/// second waiter is always woken (loom reports a deadlock otherwise), and the drop racing the
+/// drain is sound. Under loom the list's spin lock is a loom mutex (see `WaitList::lock`).
+/// Mutations, each failing with a deadlock (here and in models 4/5): a registration that
+/// finds its entry drained keeps waiting instead of resolving; the waiter sets WAITERS
+/// before linking its entry.
+#[test]
+fn waiter_list_link_and_unlink_vs_drain() {
+    use std::future::Future;
+    model(PREEMPTIONS, || {
+        let (root, _clock) = root();
+        let (ctx, guard) = root.with_cancel();
+        let c = ctx.clone();
+        let dropper = thread::spawn(move || {
+            let waker = futures::task::noop_waker();
+            let mut done = c.done_owned();
+            let polled =
+                std::pin::Pin::new(&mut done).poll(&mut std::task::Context::from_waker(&waker));
+            drop(done);
+            polled
+        });
+        let waiter = thread::spawn(move || loom::future::block_on(ctx.done()));
+        guard.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        let polled = dropper.join().unwrap();
+        assert!(matches!(
+            polled,
+            std::task::Poll::Pending | std::task::Poll::Ready(Error::Canceled)
+        ));
     });
 }

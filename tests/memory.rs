@@ -79,3 +79,32 @@ fn a_million_bound_tokens_under_a_long_lived_context() {
     let (_per_link, after) = measure("cancellation_token", || ctx.cancellation_token());
     assert_eq!(after, 0, "memory left behind by dropped bound tokens");
 }
+
+/// A context's waiter list: the first pending `done()` costs one small entry (before the
+/// context's own list it was event-listener's list, a listener and a relay: 160 bytes), and
+/// a million futures polled and dropped on a long-lived context (a `select!` loop) leave
+/// nothing behind.
+#[test]
+fn done_futures_polled_and_dropped_leave_nothing_behind() {
+    use std::future::Future;
+    use std::task::{Context as TaskContext, Poll};
+
+    let (ctx, guard) = Context::unclocked().with_cancel();
+    let waker = futures::task::noop_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut first = Box::pin(ctx.done_owned());
+    let before = live();
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    let entry = live() - before;
+    println!("first pending done(): {entry} bytes");
+    assert!(entry > 0 && entry <= 64, "the first pending done() allocated {entry} bytes");
+
+    let (_per_waiter, after) = measure("done()", || {
+        let mut done = Box::pin(ctx.done());
+        assert!(done.as_mut().poll(&mut cx).is_pending());
+        done
+    });
+    assert_eq!(after, 0, "memory left behind by dropped done() futures");
+    guard.cancel();
+    assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(cancelctx::Error::Canceled)));
+}

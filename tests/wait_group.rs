@@ -225,6 +225,41 @@ fn wait_timeout_reports_whether_the_count_reached_zero() {
     assert!(wg.wait_timeout(Duration::MAX), "a huge timeout waits without limit");
 }
 
+/// A blocking wait parks its thread; unparks meant for something else (and spurious ones)
+/// must not end it.
+#[test]
+fn blocking_waits_ignore_spurious_unparks() {
+    let wg = WaitGroup::new();
+    let unit = wg.add();
+    let waiters = [
+        std::thread::spawn({
+            let wg = wg.clone();
+            move || {
+                wg.wait_blocking();
+                true
+            }
+        }),
+        std::thread::spawn({
+            let wg = wg.clone();
+            move || wg.wait_timeout(Duration::from_secs(3600))
+        }),
+    ];
+    std::thread::sleep(Duration::from_millis(10));
+    for waiter in &waiters {
+        for _ in 0..200 {
+            waiter.thread().unpark();
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    for (i, waiter) in waiters.iter().enumerate() {
+        assert!(!waiter.is_finished(), "an unpark ended wait #{i} early");
+    }
+    drop(unit);
+    for waiter in waiters {
+        assert!(waiter.join().unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokio_tasks_all_finish_before_wait_returns() {
     let wg = WaitGroup::new();

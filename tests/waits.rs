@@ -781,6 +781,120 @@ fn wait_timeout_small_on_live_context_returns_none() {
     assert_eq!(clock.pending_timers(), 1);
 }
 
+/// Unparks `thread` many times, with pauses in which it can park again, while its blocking
+/// wait must go on: a blocking wait parks the thread, and `park` also returns on unparks
+/// meant for something else (and spuriously).
+fn spam_unparks(thread: &thread::Thread) {
+    for _ in 0..200 {
+        thread.unpark();
+        thread::sleep(Duration::from_micros(50));
+    }
+}
+
+#[test]
+fn blocking_waits_ignore_spurious_unparks() {
+    let (ctx, guard) = Context::unclocked().with_cancel();
+    let (child, _g) = ctx.with_value(Key).with_cancel();
+    let waiters = [
+        thread::spawn({
+            let ctx = ctx.clone();
+            move || Some(ctx.wait())
+        }),
+        thread::spawn({
+            let child = child.clone();
+            move || child.wait_timeout(HOUR)
+        }),
+        thread::spawn(move || ctx.wait_timeout(BOUND)),
+    ];
+    thread::sleep(CHANCE);
+    for waiter in &waiters {
+        spam_unparks(waiter.thread());
+    }
+    for (i, waiter) in waiters.iter().enumerate() {
+        assert!(!waiter.is_finished(), "an unpark ended wait #{i} early");
+    }
+    guard.cancel();
+    for waiter in waiters {
+        assert_eq!(waiter.join().unwrap(), Some(Error::Canceled));
+    }
+}
+
+#[test]
+fn a_stale_unpark_token_does_not_end_a_blocking_wait() {
+    // A token left by an earlier unpark makes the first park return at once.
+    let (ctx, guard) = Context::unclocked().with_cancel();
+    thread::current().unpark();
+    let canceller = cancel_later(guard, Why(12));
+    assert_eq!(ctx.wait_timeout(HOUR), Some(Error::Canceled));
+    canceller.join().unwrap();
+
+    // A timed wait ends at its timeout, not at an unpark (real time, as documented; the
+    // bound asserted is the one the API promises).
+    let (ctx, _guard) = Context::unclocked().with_cancel();
+    let timeout = Duration::from_millis(20);
+    thread::current().unpark();
+    let start = std::time::Instant::now();
+    assert_eq!(ctx.wait_timeout(timeout), None);
+    assert!(start.elapsed() >= timeout, "returned before its timeout");
+}
+
+/// One thread's blocking waits share one unparking relay: waits in a row (contexts and a
+/// wait group, some timing out) each end with their own event.
+#[test]
+fn one_thread_waits_many_times_in_a_row() {
+    let (tx, rx) = mpsc::channel::<CancelGuard>();
+    let canceller = thread::spawn(move || rx.into_iter().for_each(|guard| guard.cancel()));
+    let wg = cancelctx::WaitGroup::new();
+    for i in 0..200 {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        if i % 3 == 0 {
+            assert_eq!(ctx.wait_timeout(Duration::from_micros(10)), None, "#{i}");
+        }
+        if i % 5 == 0 {
+            let unit = wg.add();
+            let finisher = thread::spawn(move || drop(unit));
+            assert!(wg.wait_timeout(BOUND), "#{i}");
+            finisher.join().unwrap();
+        }
+        tx.send(guard).unwrap();
+        assert_eq!(ctx.wait(), Error::Canceled, "#{i}");
+    }
+    drop(tx);
+    canceller.join().unwrap();
+}
+
+/// Blocking waiters on several nodes of one completion walk, together with async waiters on
+/// the same nodes, are all woken (the blocking ones through the same deferred relay).
+#[test]
+fn blocking_and_async_waiters_of_one_walk_are_all_woken() {
+    let (clock, root) = clocked();
+    let (ctx, _guard) = root.with_timeout(Duration::from_secs(1));
+    let (child, _g1) = ctx.with_cancel();
+    let (grandchild, _g2) = child.with_value(Key).with_cancel();
+    let (counter, waker) = counting_waker();
+    let mut futures: Vec<_> = [&ctx, &child, &grandchild].map(|c| c.done_owned()).into();
+    for f in &mut futures {
+        assert!(Pin::new(f).poll(&mut TaskContext::from_waker(&waker)).is_pending());
+    }
+    let waiters: Vec<_> = [&ctx, &child, &grandchild, &ctx, &grandchild]
+        .into_iter()
+        .map(|c| {
+            let c = c.clone();
+            thread::spawn(move || c.wait_timeout(BOUND))
+        })
+        .collect();
+    thread::sleep(CHANCE);
+    clock.advance(Duration::from_secs(1));
+    for waiter in waiters {
+        assert_eq!(waiter.join().unwrap(), Some(Error::DeadlineExceeded));
+    }
+    assert_eq!(counter.wakes(), 3);
+    for f in &mut futures {
+        let polled = Pin::new(f).poll(&mut TaskContext::from_waker(&waker));
+        assert_eq!(polled, Poll::Ready(Error::DeadlineExceeded));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // No lost wake-ups
 // ---------------------------------------------------------------------------------------
@@ -948,6 +1062,54 @@ fn no_lost_wakeup_dense_registration() {
                 assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Error::Canceled));
             }
         }
+    }
+}
+
+/// The completer wakes a context's waiters in batches, each after releasing the list's lock.
+/// A waker that drops every other waiter of the context inline (some already taken out with
+/// it, most still linked) must neither deadlock nor touch a freed entry, and the waiters it
+/// dropped before the drain reached them are not woken.
+#[test]
+fn a_waker_that_drops_the_other_waiters_mid_drain() {
+    use std::task::Wake;
+
+    struct Dropper(std::sync::Mutex<Vec<Pin<Box<cancelctx::DoneOwned>>>>);
+    impl Wake for Dropper {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    const OTHERS: usize = 200;
+    let (finished, watch) = mpsc::channel();
+    thread::spawn(move || {
+        let (ctx, guard) = Context::unclocked().with_cancel();
+        let (counter, counting) = counting_waker();
+        let mut others: Vec<_> = (0..OTHERS).map(|_| Box::pin(ctx.done_owned())).collect();
+        for other in &mut others {
+            let mut cx = TaskContext::from_waker(&counting);
+            assert!(other.as_mut().poll(&mut cx).is_pending());
+        }
+        let dropper = Arc::new(Dropper(std::sync::Mutex::new(others)));
+        let waker = Waker::from(dropper.clone());
+        // Registered last, so it is among the first the drain takes out.
+        let mut done = Box::pin(ctx.done_owned());
+        assert!(done.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending());
+        guard.cancel();
+        let polled = done.as_mut().poll(&mut TaskContext::from_waker(&waker));
+        finished.send((dropper.0.lock().unwrap().len(), counter.wakes(), polled)).unwrap();
+    });
+    match watch.recv_timeout(BOUND) {
+        Ok((left, wakes, polled)) => {
+            assert_eq!(left, 0);
+            assert!(wakes < OTHERS, "{wakes} of {OTHERS} dropped waiters were woken");
+            assert_eq!(polled, Poll::Ready(Error::Canceled));
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("cancelling deadlocked"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario thread panicked"),
     }
 }
 
