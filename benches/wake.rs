@@ -18,6 +18,7 @@ use std::task::{Context as TaskContext, Waker};
 use std::time::{Duration, Instant};
 
 use cancelctx::{CancelGuard, Context, DoneOwned};
+use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use event_listener::{Event, Listener};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -235,6 +236,107 @@ fn ping_pong<S: Signal>(iters: u64, ping: S, pong: S) -> Duration {
     })
 }
 
+/// Runs `f` on the calling thread pinned to one CPU (the first it may run on), then restores
+/// its affinity: the one-CPU rows run both threads of the round trip on the same CPU, so
+/// every wake-up is a context switch. `None` where pinning is unavailable (not Linux).
+#[cfg(target_os = "linux")]
+fn on_one_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> Option<T> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `cpu_set_t` is plain data (all-zero is the empty set); the libc calls get a
+    // valid pointer and its size, and act on the calling thread (pid 0).
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut old) != 0 {
+            return None;
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, size, &one) != 0 {
+            return None;
+        }
+        let result = f();
+        libc::sched_setaffinity(0, size, &old);
+        Some(result)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn on_one_cpu<T>(_cpu: usize, _f: impl FnOnce() -> T) -> Option<T> {
+    None
+}
+
+/// The first CPU this thread may run on.
+#[cfg(target_os = "linux")]
+fn first_cpu() -> usize {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as in `on_one_cpu`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return 0;
+        }
+        (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &set)).unwrap_or(0)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn first_cpu() -> usize {
+    0
+}
+
+/// `ping_pong` with both threads pinned to one CPU.
+fn ping_pong_one_cpu<S: Signal>(iters: u64, ping: S, pong: S) -> Option<Duration> {
+    let cpu = first_cpu();
+    let rounds = iters as usize;
+    let barrier = Barrier::new(2);
+    on_one_cpu(cpu, || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                on_one_cpu(cpu, || {
+                    barrier.wait();
+                    for i in 0..rounds {
+                        ping.wait(i);
+                        pong.fire(i);
+                    }
+                })
+                .expect("pinning worked on the spawning thread");
+            });
+            barrier.wait();
+            let start = Instant::now();
+            for i in 0..rounds {
+                ping.fire(i);
+                pong.wait(i);
+            }
+            start.elapsed()
+        })
+    })
+}
+
+/// The one-CPU rows: cancelctx, tokio-util and the park/unpark floor.
+fn blocking_ping_pong_one_cpu(group: &mut criterion::BenchmarkGroup<'_, WallTime>) {
+    if on_one_cpu(first_cpu(), || ()).is_none() {
+        return; // no pinning here: the rows are left out
+    }
+    group.bench_function("cancelctx (one CPU)", |b| {
+        b.iter_custom(|iters| {
+            let n = iters as usize;
+            ping_pong_one_cpu(iters, CtxSignals::new(n), CtxSignals::new(n)).unwrap()
+        })
+    });
+    group.bench_function("tokio-util (block_on(cancelled())) (one CPU)", |b| {
+        b.iter_custom(|iters| {
+            let make = || TokioSignals((0..iters).map(|_| CancellationToken::new()).collect());
+            ping_pong_one_cpu(iters, make(), make()).unwrap()
+        })
+    });
+    group.bench_function("floor: park/unpark (one CPU)", |b| {
+        b.iter_custom(|iters| {
+            let make = || ParkSignals { round: AtomicU64::new(0), waiter: OnceLock::new() };
+            ping_pong_one_cpu(iters, make(), make()).unwrap()
+        })
+    });
+}
+
 fn blocking_ping_pong(c: &mut Criterion) {
     let mut group = c.benchmark_group("blocking_wake_round_trip");
     group.bench_function("cancelctx", |b| {
@@ -275,6 +377,7 @@ fn blocking_ping_pong(c: &mut Criterion) {
             ping_pong(iters, make(), make())
         })
     });
+    blocking_ping_pong_one_cpu(&mut group);
     group.finish();
 }
 
