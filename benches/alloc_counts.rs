@@ -244,6 +244,15 @@ fn main() {
         || Context::background().with_cancel(),
         |(ctx, _)| polled(ctx.done_owned()),
     ));
+    rows.push(measure(
+        "cancelctx done_owned() polled, pending (first waiter of a leaf of a fresh cancellable parent: links the leaf)",
+        || {
+            let (parent, parent_guard) = Context::background().with_cancel();
+            let (leaf, leaf_guard) = parent.with_cancel();
+            (parent, parent_guard, leaf, leaf_guard)
+        },
+        |(_, _, leaf, _)| polled(leaf.done_owned()),
+    ));
     let (waited, _wg) = Context::background().with_cancel();
     let _first = polled(waited.done_owned());
     rows.push(measure(
