@@ -216,23 +216,37 @@ impl Signal for ParkSignals {
 /// `iters` round trips: this thread fires `ping[i]` and waits for `pong[i]`; the other thread
 /// waits for `ping[i]` and fires `pong[i]`. Returns the time of all round trips.
 fn ping_pong<S: Signal>(iters: u64, ping: S, pong: S) -> Duration {
+    ping_pong_on(None, iters, ping, pong)
+}
+
+/// `ping_pong`, with both threads pinned to `cpu` if given.
+fn ping_pong_on<S: Signal>(cpu: Option<usize>, iters: u64, ping: S, pong: S) -> Duration {
+    let pinned = |f: &mut dyn FnMut() -> Duration| match cpu {
+        None => f(),
+        Some(cpu) => on_one_cpu(cpu, f).expect("pinning works here (checked before the rows)"),
+    };
     let rounds = iters as usize;
     let barrier = Barrier::new(2);
-    std::thread::scope(|s| {
-        s.spawn(|| {
+    pinned(&mut || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pinned(&mut || {
+                    barrier.wait();
+                    for i in 0..rounds {
+                        ping.wait(i);
+                        pong.fire(i);
+                    }
+                    Duration::ZERO
+                })
+            });
             barrier.wait();
+            let start = Instant::now();
             for i in 0..rounds {
-                ping.wait(i);
-                pong.fire(i);
+                ping.fire(i);
+                pong.wait(i);
             }
-        });
-        barrier.wait();
-        let start = Instant::now();
-        for i in 0..rounds {
-            ping.fire(i);
-            pong.wait(i);
-        }
-        start.elapsed()
+            start.elapsed()
+        })
     })
 }
 
@@ -284,55 +298,28 @@ fn first_cpu() -> usize {
     0
 }
 
-/// `ping_pong` with both threads pinned to one CPU.
-fn ping_pong_one_cpu<S: Signal>(iters: u64, ping: S, pong: S) -> Option<Duration> {
-    let cpu = first_cpu();
-    let rounds = iters as usize;
-    let barrier = Barrier::new(2);
-    on_one_cpu(cpu, || {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                on_one_cpu(cpu, || {
-                    barrier.wait();
-                    for i in 0..rounds {
-                        ping.wait(i);
-                        pong.fire(i);
-                    }
-                })
-                .expect("pinning worked on the spawning thread");
-            });
-            barrier.wait();
-            let start = Instant::now();
-            for i in 0..rounds {
-                ping.fire(i);
-                pong.wait(i);
-            }
-            start.elapsed()
-        })
-    })
-}
-
 /// The one-CPU rows: cancelctx, tokio-util and the park/unpark floor.
 fn blocking_ping_pong_one_cpu(group: &mut criterion::BenchmarkGroup<'_, WallTime>) {
-    if on_one_cpu(first_cpu(), || ()).is_none() {
+    let cpu = first_cpu();
+    if on_one_cpu(cpu, || ()).is_none() {
         return; // no pinning here: the rows are left out
     }
     group.bench_function("cancelctx (one CPU)", |b| {
         b.iter_custom(|iters| {
             let n = iters as usize;
-            ping_pong_one_cpu(iters, CtxSignals::new(n), CtxSignals::new(n)).unwrap()
+            ping_pong_on(Some(cpu), iters, CtxSignals::new(n), CtxSignals::new(n))
         })
     });
     group.bench_function("tokio-util (block_on(cancelled())) (one CPU)", |b| {
         b.iter_custom(|iters| {
             let make = || TokioSignals((0..iters).map(|_| CancellationToken::new()).collect());
-            ping_pong_one_cpu(iters, make(), make()).unwrap()
+            ping_pong_on(Some(cpu), iters, make(), make())
         })
     });
     group.bench_function("floor: park/unpark (one CPU)", |b| {
         b.iter_custom(|iters| {
             let make = || ParkSignals { round: AtomicU64::new(0), waiter: OnceLock::new() };
-            ping_pong_one_cpu(iters, make(), make()).unwrap()
+            ping_pong_on(Some(cpu), iters, make(), make())
         })
     });
 }
