@@ -153,13 +153,17 @@
 //!
 //! # Performance
 //!
-//! In short (medians on a 2-CPU machine, from [BENCHMARKS.md] (shipped with the crate), which has every figure, the
-//! method and the misses): `is_done()` is one atomic load (about 1 ns, 4-5x faster than
-//! tokio-util's `is_cancelled()`); creating and dropping a child costs one allocation;
-//! cancelling a parent with 10,000 children is about 5x faster per child than tokio-util;
-//! one cancel wakes 10,000 waiters at event-listener's own speed; a `with_timeout` on the
-//! std clock costs a few hundred nanoseconds. The benches put tokio-util and physical floors
-//! (a bare atomic, `Arc::new`, event-listener) in every group, so each figure is a ratio.
+//! In short (medians on a 2-CPU machine, from [BENCHMARKS.md] (shipped with the crate),
+//! which has every figure, the method and the misses): `is_done()` is about 1 ns, one
+//! atomic load on a context something is registered on and two on a bare `with_cancel` leaf
+//! (4x faster than tokio-util's `is_cancelled()`); creating and dropping a child is one
+//! 64-byte allocation and takes no lock on the parent (1.6x faster than tokio-util's
+//! `child_token()` + drop); cancelling a parent with 10,000 children and reading each is
+//! about 6x faster per child than tokio-util; a million-deep chain is created, cancelled and
+//! dropped in under half tokio-util's time; a `with_timeout` + cancel on the std clock costs
+//! about 100-200 ns, less than half of Go's own; a blocking `wait()` woken from another
+//! thread costs what `park`/`unpark` does. The benches put tokio-util and physical floors (a
+//! bare atomic, `Arc::new`, event-listener, `park`) in every group, so each figure is a ratio.
 //!
 //! [BENCHMARKS.md]: https://docs.rs/crate/cancelctx/latest/source/BENCHMARKS.md
 //!
