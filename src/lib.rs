@@ -162,8 +162,9 @@
 //! about 6x faster per child than tokio-util; a million-deep chain is created, cancelled and
 //! dropped in under half tokio-util's time; a `with_timeout` + cancel on the std clock costs
 //! about 100-200 ns, less than half of Go's own; a blocking `wait()` woken from another
-//! thread is within 10% of a bare `park`/`unpark`. The benches put tokio-util and physical floors (a
-//! bare atomic, `Arc::new`, event-listener, `park`) in every group, so each figure is a ratio.
+//! thread is within 10% of a bare `park`/`unpark`. The benches put tokio-util and physical
+//! floors (a bare atomic, `Arc::new`, event-listener, `park`) in every group, so each figure
+//! is a ratio.
 //!
 //! [BENCHMARKS.md]: https://docs.rs/crate/cancelctx/latest/source/BENCHMARKS.md
 //!
