@@ -220,15 +220,23 @@ def get(data, group, impl, param=""):
     return row[0] if row else None
 
 
-def targets(data, probes, allocs):
-    out = ["| target | figures | met? |", "|---|---|---|"]
+def verdict_table(header):
+    """A markdown verdict table: returns its lines and a function adding one row."""
+    out = [f"| {header} | figures | met? |", "|---|---|---|"]
 
     def row(target, figures, ok):
         verdict = "n/a (not measured)" if ok is None else ("**met**" if ok else "**MISSED**")
         out.append(f"| {target} | {figures} | {verdict} |")
 
-    def ratio(a, b):
-        return None if a is None or b is None else a / b
+    return out, row
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def targets(data, probes, allocs):
+    out, row = verdict_table("target")
 
     # 1. is_done live vs an Acquire AtomicBool load.
     c = get(data, "is_done_live", "cancelctx")
@@ -340,14 +348,7 @@ def targets(data, probes, allocs):
 
 def targets_round_two(data, probes, allocs):
     """The targets of issue #8 (performance, round two): one row each, same rules."""
-    out = ["| target (#8) | figures | met? |", "|---|---|---|"]
-
-    def row(target, figures, ok):
-        verdict = "n/a (not measured)" if ok is None else ("**met**" if ok else "**MISSED**")
-        out.append(f"| {target} | {figures} | {verdict} |")
-
-    def ratio(a, b):
-        return None if a is None or b is None else a / b
+    out, row = verdict_table("target (#8)")
 
     # 1. child create + drop: >= 3x faster than tokio-util and within 2.5x of the floor.
     for group, label in [("child_create_drop", "one thread"),
