@@ -135,19 +135,28 @@ impl WaitList {
         let mut first_panic = None;
         loop {
             let mut batch: [Option<Waker>; BATCH] = Default::default();
+            let mut filled = 0;
             let more = {
                 let mut list = self.lock();
-                for slot in &mut batch {
+                while filled < BATCH {
                     let Some(entry) = NonNull::new(list.head) else { break };
                     // SAFETY: a linked entry is valid while the list is locked: its owner must
                     // take this lock to unlink it before freeing it (module docs).
                     let entry = unsafe { entry.as_ref() };
                     list.unlink(entry);
-                    *slot = entry.waker.take();
+                    // An entry drained before its waiter set a waker has none: its waiter
+                    // finds it drained and resolves by itself.
+                    if let Some(waker) = entry.waker.take() {
+                        batch[filled] = Some(waker);
+                        filled += 1;
+                    }
                 }
                 !list.head.is_null()
             };
-            let panic = crate::panic::for_each_caught(batch.into_iter().flatten(), Waker::wake);
+            // By reference, and only the filled part: moving the array into an iterator
+            // would copy all of it (a third of a one-waiter cancel's instructions).
+            let wakers = batch[..filled].iter_mut().filter_map(Option::take);
+            let panic = crate::panic::for_each_caught(wakers, Waker::wake);
             if first_panic.is_none() {
                 first_panic = panic;
             }
